@@ -1,0 +1,156 @@
+"""One frozen settings object built from the environment; defaults run on a laptop."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+DEFAULT_SUPERCLASSES = ("fruit_and_vegetables", "insects", "food_containers")
+PROFILES = ("smoke", "standard", "full")
+
+
+class ConfigError(ValueError):
+    """A setting has a value VisionLoop cannot use; the message names the variable."""
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of VisionLoop. Field `x` is read from `VISIONLOOP_X` unless noted."""
+
+    home: Path = Path(".visionloop")  # working dir: logs, spool, caches, local store
+    # Object store: MinIO/S3 when s3_endpoint is set, else a local directory.
+    s3_endpoint: str = ""  # host:port, e.g. 127.0.0.1:9000
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "visionloop"
+    local_store: Path | None = None  # default: <home>/store
+    # MLflow (read from MLFLOW_TRACKING_URI, the variable MLflow itself uses).
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    experiment: str = "visionloop-training"
+    monitoring_experiment: str = "visionloop-monitoring"
+    model_name: str = "visionloop-classifier"
+    # Classes: the 10 CIFAR-10 classes plus CIFAR-100 superclasses, in model output order.
+    superclasses: tuple[str, ...] = DEFAULT_SUPERCLASSES
+    # Data sources, comma separated: cifar10, cifar100, feedback, folder:<path or archive>.
+    data_sources: tuple[str, ...] = ("cifar10", "cifar100", "feedback")
+    cache_dir: Path | None = None  # downloads; default: <home>/cache
+    class_target: int = 5000  # images per class after balancing
+    seed: int = 1337
+    # Training.
+    profile: str = "standard"
+    arch: str = ""  # empty: the profile's default architecture
+    train_schedule: str = "@weekly"  # "none" switches the time schedule off
+    # Registry gate.
+    gate_min_accuracy: float = 0.5
+    gate_epsilon: float = 0.01  # allowed test-accuracy loss against the champion
+    gate_max_recall_drop: float = 0.05  # allowed per-class recall loss against the champion
+    # OOD: acceptance rate of in-distribution validation images per class.
+    ood_target_tpr: float = 0.95
+    ood_eval_archive: str = ""  # optional archive of OOD images evaluated at training time
+    imagenet_enabled: bool = True
+    # Serving.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 3000
+    max_upload_mb: float = 10.0
+    alias_poll_seconds: float = 30.0
+    request_log_batch: int = 200  # records per shipped object
+    request_log_interval_s: float = 5.0
+    # Monitoring and the closed loop.
+    drift_schedule: str = "@hourly"
+    drift_alpha: float = 0.05  # family-wise false-alarm rate per window
+    drift_min_window: int = 50
+    retrain_min_feedback: int = 100
+    retrain_cooldown_hours: float = 24.0
+    # Local platform.
+    mlflow_port: int = 5000
+    airflow_port: int = 8080
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return CIFAR10_CLASSES + self.superclasses
+
+    @property
+    def store_dir(self) -> Path:
+        return self.local_store or self.home / "store"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
+    @property
+    def use_s3(self) -> bool:
+        return bool(self.s3_endpoint)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
+        """Build settings from `VISIONLOOP_*` variables (and MLFLOW_TRACKING_URI)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            name = "MLFLOW_TRACKING_URI" if f.name == "mlflow_tracking_uri" else f"VISIONLOOP_{f.name.upper()}"
+            if name in env:
+                values[f.name] = _parse(name, f.type, env[name])
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"VISIONLOOP_PROFILE={self.profile!r}: choose one of {', '.join(PROFILES)}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError("VISIONLOOP_SUPERCLASSES repeats a class name")
+        if not 0.5 <= self.ood_target_tpr < 1.0:
+            raise ConfigError("VISIONLOOP_OOD_TARGET_TPR must be in [0.5, 1)")
+        for name in ("serve_port", "mlflow_port", "airflow_port"):
+            port = getattr(self, name)
+            if not 0 < port < 65536:
+                raise ConfigError(f"VISIONLOOP_{name.upper()}={port} is not a TCP port")
+
+
+def _parse(name: str, kind: object, raw: str) -> object:
+    kind = str(kind)
+    try:
+        if kind.startswith("Path"):
+            return Path(raw) if raw else None
+        if kind == "bool":
+            return _bool(name, raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return _csv(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return raw
