@@ -112,7 +112,7 @@ class LocalStore(ObjectStore):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-        except PermissionError as exc:
+        except (PermissionError, NotADirectoryError, FileExistsError) as exc:
             raise StorageUnavailable(
                 f"cannot write {path}: {exc.strerror}; set VISIONLOOP_LOCAL_STORE or VISIONLOOP_HOME "
                 "to a writable directory"
@@ -190,8 +190,9 @@ class MinioStore(ObjectStore):
         try:
             return fn(*args, **kwargs)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ObjectNotFound(f"no object {args[1] if len(args) > 1 else ''!r} in s3://{self.bucket}") from None
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+                key = args[1] if len(args) > 1 else ""
+                raise ObjectNotFound(f"no object {key!r} in s3://{self.bucket}") from None
             if exc.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 raise StorageUnavailable(
                     f"S3 {self.endpoint} refused {what} ({exc.code}); check VISIONLOOP_S3_ACCESS_KEY "
@@ -247,10 +248,6 @@ class MinioStore(ObjectStore):
             return True
         except ObjectNotFound:
             return False
-        except StorageError as exc:
-            if "NoSuchBucket" in str(exc):
-                return False
-            raise
 
     def delete(self, key: str) -> None:
         self._call("delete", self.client.remove_object, self.bucket, key)

@@ -1,0 +1,86 @@
+"""Preprocessing gives the same 32x32 pixels for any input format, size or mode."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml.imaging import (
+    ImageDecodeError, ImageTooLarge, class_mean_histograms, decode_image, histogram_distance,
+    intensity_histograms, pixel_entropy, to_model_input,
+)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK", "LA", "1"])
+def test_every_mode_becomes_rgb_32x32(mode):
+    img = Image.new("RGB", (70, 50), (200, 30, 30)).convert(mode)
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    out = to_model_input(decode_image(encode(img, fmt)))
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    out = to_model_input(decode_image(encode(img, "PNG")))
+    assert out.min() == 255
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # white on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    decoded = decode_image(encode(img, "JPEG", exif=exif))
+    assert decoded.size == (20, 40)
+    top = np.asarray(decoded)[:10].mean()
+    assert top > 200  # the white half is now on top
+
+
+def test_non_square_is_centre_cropped_not_squashed():
+    img = Image.new("RGB", (300, 100), (0, 0, 255))
+    img.paste((255, 0, 0), (100, 0, 200, 100))  # red centre square, blue sides
+    out = to_model_input(img)
+    assert out[..., 0].mean() > 250 and out[..., 2].mean() < 5
+
+
+def test_32x32_input_is_untouched():
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_model_input(Image.fromarray(pixels)), pixels)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", encode(Image.new("RGB", (64, 64)), "PNG")[:60]])
+def test_bad_bytes_raise_a_decode_error(data):
+    with pytest.raises(ImageDecodeError):
+        decode_image(data)
+
+
+def test_decompression_bomb_is_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageTooLarge):
+        decode_image(encode(Image.new("RGB", (100, 100)), "PNG"))
+
+
+def test_histograms_and_entropy():
+    flat = np.full((1, 32, 32, 3), 128, dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    assert intensity_histograms(flat).sum() == pytest.approx(1.0)
+    assert pixel_entropy(flat)[0] == pytest.approx(0.0)
+    assert pixel_entropy(noise)[0] > 5
+
+
+def test_histogram_distance_is_zero_to_own_mean_and_grows_with_difference():
+    dark = np.full((4, 32, 32, 3), 20, dtype=np.uint8)
+    bright = np.full((4, 32, 32, 3), 230, dtype=np.uint8)
+    means = class_mean_histograms(np.concatenate([dark, bright]), np.array([0] * 4 + [1] * 4), 2)
+    same = histogram_distance(intensity_histograms(dark), means, np.zeros(4, dtype=int))
+    other = histogram_distance(intensity_histograms(dark), means, np.ones(4, dtype=int))
+    assert np.allclose(same, 0.0) and np.all(other > 0.9)
