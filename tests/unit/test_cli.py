@@ -1,0 +1,37 @@
+"""The CLI lists every stage and turns configuration mistakes into one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ml.cli import app
+
+GROUPS = ("data", "train", "model", "serve", "monitor", "platform")
+
+
+def test_help_lists_every_stage():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for group in GROUPS:
+        assert group in result.output
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_has_help_with_commands(group):
+    result = CliRunner().invoke(app, [group, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Commands" in result.output, f"`visionloop {group}` has no commands yet"
+
+
+def test_bad_setting_is_one_line_naming_the_variable(tmp_path):
+    exe = Path(sys.executable).parent / "visionloop"
+    env = {"PATH": "/usr/bin:/bin", "VISIONLOOP_PROFILE": "enormous", "VISIONLOOP_HOME": str(tmp_path)}
+    result = subprocess.run([str(exe), "data", "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "VISIONLOOP_PROFILE" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
