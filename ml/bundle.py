@@ -1,0 +1,247 @@
+"""ServingBundle: everything serving loads for one model version, and the one classify call.
+
+The service holds no ML logic: it decodes bytes with ml.imaging and hands the
+32x32 arrays to `ServingBundle.classify`, which runs one forward pass for the
+whole batch, the OOD detector, the similarity index and the per-image statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ml import imaging, layout
+from ml.config import Settings
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.keras"  # from_dir layout: <dir>/model.keras beside <dir>/bundle/
+
+
+@dataclass
+class ServingBundle:
+    """One model version with its detector, similarity index and reference statistics."""
+
+    version: str
+    run_id: str
+    classes: tuple[str, ...]
+    predictor: Any  # ml.inference.Predictor: .predict(x_uint8) -> Prediction
+    detector: Any = None  # ml.ood detector: .score(OODFeatures) -> OODResult
+    index: Any = None  # ml.similarity.SimilarityIndex
+    class_histograms: np.ndarray | None = None  # (C, HIST_BINS) mean luma histogram per class
+    imagenet: Any = None  # ml.imagenet.ImageNetLabeler or None
+    dataset_version: str = ""
+    root: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, model: Any = None, version: str = "local",
+                 run_id: str = "", predictor: Any = None) -> ServingBundle:
+        """Load `<directory>/bundle/` (the run artifact layout) and a Keras model (object or file)."""
+        directory = Path(directory)
+        bundle_dir = directory / "bundle" if (directory / "bundle").is_dir() else directory
+        info = json.loads((bundle_dir / "bundle.json").read_text())
+        if predictor is None:
+            if model is None or isinstance(model, (str, Path)):
+                import keras
+
+                model = keras.models.load_model(model or directory / MODEL_FILE, compile=False)
+            from ml.inference import Predictor
+
+            predictor = Predictor(model)
+        classes = tuple(info["classes"])
+        return cls(version=str(version), run_id=run_id, classes=classes, predictor=predictor,
+                   detector=_load_detector(bundle_dir / "ood"), index=_load_index(bundle_dir / "similarity"),
+                   class_histograms=_load_histograms(bundle_dir / "reference", len(classes)),
+                   imagenet=_load_imagenet(bundle_dir / "imagenet"),
+                   dataset_version=info.get("dataset_version", ""), root=directory, info=info)
+
+    @classmethod
+    def from_registry(cls, settings: Settings, alias: str = "champion") -> ServingBundle:
+        """Resolve the alias, load the Keras model and download `runs:/<run_id>/bundle` once per version."""
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mv = MlflowClient().get_model_version_by_alias(settings.model_name, alias)
+        target = Path(settings.home).absolute() / "serving" / "bundles" / str(mv.version)
+        if not (target / "bundle" / "bundle.json").is_file():
+            _download_bundle(mv.run_id, target)
+        model = _load_registered_model(settings.model_name, str(mv.version), target)
+        return cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id)
+
+    def classify(self, images: np.ndarray) -> list[dict]:
+        """Classify uint8 (N, 32, 32, 3) images: label, probabilities, OOD verdict, neighbours, stats."""
+        images = np.asarray(images, dtype=np.uint8)
+        pred = self.predictor.predict(images)
+        probs, logits, emb = (np.asarray(a, dtype=np.float32) for a in (pred.probs, pred.logits, pred.embeddings))
+        class_ids = probs.argmax(axis=1)
+        ood = self._ood(emb, logits, probs, images)
+        hists = imaging.intensity_histograms(images)
+        means = self.class_histograms
+        if means is None:  # no reference pack: distance to a flat histogram keeps the field defined
+            means = np.full((len(self.classes), hists.shape[1]), 1.0 / hists.shape[1])
+        distances = imaging.histogram_distance(hists, means, class_ids)
+        entropies = imaging.pixel_entropy(images)
+        results = []
+        for i, cid in enumerate(class_ids):
+            results.append({
+                "label": self.classes[cid], "class_id": int(cid), "confidence": float(probs[i, cid]),
+                "probabilities": probs[i].tolist(), "is_ood": bool(ood.is_ood[i]),
+                "ood_score": float(ood.scores[i]), "ood_threshold": float(ood.thresholds[i]),
+                "ood_detector": ood.detector, "pixel_entropy": float(entropies[i]),
+                "hist_distance": float(distances[i]), "embedding": emb[i],
+                "similar": self.similar(emb[i], probs[i]),
+            })
+        return results
+
+    def _ood(self, emb: np.ndarray, logits: np.ndarray, probs: np.ndarray, pixels: np.ndarray) -> Any:
+        if self.detector is None:  # no fitted detector shipped: never reject
+            n = len(probs)
+            return SimpleNamespace(is_ood=np.zeros(n, bool), scores=np.zeros(n), thresholds=np.ones(n), detector="none")
+        try:
+            from ml.ood import OODFeatures
+
+            features = OODFeatures(embeddings=emb, logits=logits, probs=probs, pixels=pixels)
+        except ImportError:
+            features = SimpleNamespace(embeddings=emb, logits=logits, probs=probs, pixels=pixels)
+        return self.detector.score(features)
+
+    def similar(self, embedding: np.ndarray, probs: np.ndarray, k: int = 4) -> list[dict]:
+        """The k nearest training images, as JSON-ready dicts with a display URL."""
+        if self.index is None:
+            return []
+        out = []
+        for n in self.index.query(embedding, probs, k=k, top_classes=4):
+            out.append({"id": n.id, "label": self.classes[int(n.label)], "distance": round(float(n.distance), 4),
+                        "url": f"/similar/{n.id}"})
+        return out
+
+    def suggest_imagenet(self, image: Any) -> dict | None:
+        """The mapped ImageNet suggestion for a PIL image, or None when no labeler is shipped."""
+        if self.imagenet is None:
+            return None
+        try:
+            return self.imagenet.suggest(image)
+        except Exception:  # an optional hint must never fail a request
+            log.exception("imagenet suggestion failed")
+            return None
+
+
+def current_champion_version(settings: Settings, alias: str = "champion") -> str | None:
+    """The registry version the alias points at now, or None if there is none (or MLflow is down)."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except Exception as exc:  # unreachable server, no such model or alias
+        log.debug("no %s version: %s", alias, exc)
+        return None
+
+
+class TrainingImages:
+    """Reads single training images by dataset id, from a local memory-mapped copy of x.npy."""
+
+    def __init__(self, store: Any, cache_dir: Path):
+        self.store, self.cache_dir = store, Path(cache_dir)
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, image_id: str) -> np.ndarray:
+        """(32, 32, 3) uint8 for '<version>:<split>:<index>'; KeyError if unknown."""
+        try:
+            version, split, index = layout.parse_image_id(image_id)
+        except ValueError as exc:
+            raise KeyError(str(exc)) from None
+        array = self._array(version, split)
+        if index >= len(array):
+            raise KeyError(f"{image_id}: index out of range")
+        return np.asarray(array[index])
+
+    def _array(self, version: str, split: str) -> np.ndarray:
+        if (version, split) not in self._arrays:
+            path = self.cache_dir / version / f"{split}_x.npy"
+            if not path.is_file():
+                from ml.storage import ObjectNotFound
+
+                try:
+                    self.store.get_file(layout.dataset_array(version, split, "x"), path)
+                except ObjectNotFound:
+                    raise KeyError(f"no dataset {version!r}") from None
+            self._arrays[(version, split)] = np.load(path, mmap_mode="r")
+        return self._arrays[(version, split)]
+
+
+def _download_bundle(run_id: str, target: Path) -> None:
+    import mlflow
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+    try:
+        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/bundle", dst_path=str(staging))
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target / "bundle", ignore_errors=True)
+        (staging / "bundle").rename(target / "bundle")  # appears whole or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_registered_model(name: str, version: str, target: Path) -> Any:
+    """mlflow.keras.load_model with its temp copy kept under target (MLflow leaves it behind otherwise)."""
+    import mlflow
+
+    scratch = Path(tempfile.mkdtemp(dir=target, prefix=".model-"))
+    try:
+        return mlflow.keras.load_model(f"models:/{name}/{version}", dst_path=str(scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _load_detector(directory: Path) -> Any:
+    if not directory.is_dir():
+        log.warning("bundle has no ood/ directory: OOD rejection is off")
+        return None
+    from ml.ood import load_default_detector
+
+    return load_default_detector(directory)
+
+
+def _load_index(directory: Path) -> Any:
+    if not (directory / "index.npz").is_file():
+        log.warning("bundle has no similarity index: no similar images")
+        return None
+    from ml.similarity import SimilarityIndex
+
+    return SimilarityIndex.load(directory / "index.npz")
+
+
+def _load_histograms(directory: Path, n_classes: int) -> np.ndarray | None:
+    if not directory.is_dir():
+        return None
+    try:
+        from ml.monitoring.reference import ReferencePack
+
+        return np.asarray(ReferencePack.load(directory).class_histograms, dtype=np.float64)
+    except ImportError:  # the pack's loader is not installed: read the documented array directly
+        with np.load(directory / "reference.npz") as pack:
+            hists = np.asarray(pack["class_histograms"], dtype=np.float64)
+        return hists if hists.shape[0] == n_classes else None
+
+
+def _load_imagenet(directory: Path) -> Any:
+    mapping = directory / "mapping.txt"
+    if not mapping.is_file():
+        return None
+    try:
+        from ml.imagenet import ImageNetLabeler
+
+        return ImageNetLabeler.try_load(mapping)
+    except ImportError:
+        return None
