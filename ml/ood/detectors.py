@@ -1,0 +1,107 @@
+"""OOD detectors: the reference per-class Isolation Forests, their variants, and literature methods.
+
+All follow `ml.ood.base.OODDetector`; `make_detectors()` builds the evaluated set.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.covariance import LedoitWolf
+from sklearn.neighbors import NearestNeighbors
+
+from ml.ood.base import OODDetector, OODFeatures
+
+log = logging.getLogger(__name__)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    """At most `limit` row indices, a seeded sample so repeated fits agree."""
+    if limit <= 0 or n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+class MSPDetector(OODDetector):
+    """Maximum softmax probability (Hendrycks & Gimpel 2017): score = 1 - max p."""
+
+    name = "msp"
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> MSPDetector:
+        self.n_classes_ = features.probs.shape[1]
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        return 1.0 - features.probs.max(axis=1).astype(np.float64)
+
+
+class EnergyDetector(OODDetector):
+    """Energy score on logits (Liu et al. 2020): score = -T logsumexp(logits / T)."""
+
+    name = "energy"
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = temperature
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> EnergyDetector:
+        self.n_classes_ = features.logits.shape[1]
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        t = self.temperature
+        return -t * logsumexp(features.logits.astype(np.float64) / t, axis=1)
+
+
+class KNNDetector(OODDetector):
+    """Distance to the k-th nearest training embedding after L2 normalisation (Sun et al. 2022)."""
+
+    name = "knn"
+
+    def __init__(self, k: int = 20, max_train: int = 20000, seed: int = 0):
+        self.k, self.max_train, self.seed = k, max_train, seed
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> KNNDetector:
+        # A seeded subsample keeps the bundle small; Sun et al. show k-NN degrades little with it.
+        rows = _subsample(len(features), self.max_train, self.seed)
+        bank = l2_normalise(features.embeddings[rows])
+        self.k_ = max(1, min(self.k, len(bank)))
+        self.index_ = NearestNeighbors(n_neighbors=self.k_, algorithm="brute").fit(bank)
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        distances, _ = self.index_.kneighbors(l2_normalise(features.embeddings), n_neighbors=self.k_)
+        return distances[:, -1].astype(np.float64)
+
+
+class MahalanobisDetector(OODDetector):
+    """Class-conditional Gaussians with a shared covariance (Lee et al. 2018): min distance to a class mean."""
+
+    name = "mahalanobis"
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> MahalanobisDetector:
+        x = features.embeddings.astype(np.float64)
+        labels = np.asarray(labels)
+        n_classes = features.probs.shape[1]
+        self.means_ = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c) else x.mean(axis=0)
+                                for c in range(n_classes)])
+        centred = x - self.means_[labels]
+        # Ledoit-Wolf shrinkage: wide embeddings (256-512) make the plain estimate ill-conditioned.
+        self.precision_ = LedoitWolf(assume_centered=True).fit(centred).precision_
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        x = features.embeddings.astype(np.float64)
+        projected = x @ self.precision_
+        # d^2(x, m) = x'Px - 2 m'Px + m'Pm, for all class means at once.
+        quad = np.einsum("nd,nd->n", projected, x)[:, None]
+        cross = projected @ self.means_.T
+        mean_quad = np.einsum("cd,cd->c", self.means_ @ self.precision_, self.means_)[None, :]
+        return (quad - 2 * cross + mean_quad).min(axis=1)

@@ -1,0 +1,104 @@
+"""The reference design (per-class Isolation Forests) and its variants, plus the extra 'other' class head."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ml.ood.base import OODDetector, OODFeatures
+from ml.ood.detectors import _subsample
+
+# Fewer training rows than this and a class's own forest is not fitted; the pooled forest routes it.
+MIN_FOREST_ROWS = 16
+
+
+class IsolationForestDetector(OODDetector):
+    """Isolation Forests routed by predicted class (or one pooled forest), on embeddings or raw pixels.
+
+    The reference design is `per_class=True, inputs="embeddings", correct_only=True`:
+    one forest per class, fitted on that class's correctly classified training images.
+    """
+
+    def __init__(self, name: str = "isolation_forest", per_class: bool = True, inputs: str = "embeddings",
+                 correct_only: bool = True, n_estimators: int = 100, max_train_per_forest: int = 5000,
+                 seed: int = 0):
+        self.name, self.per_class, self.inputs = name, per_class, inputs
+        self.correct_only, self.n_estimators = correct_only, n_estimators
+        self.max_train_per_forest, self.seed = max_train_per_forest, seed
+
+    @property
+    def needs_pixels(self) -> bool:  # type: ignore[override]
+        return self.inputs == "pixels"
+
+    def _x(self, features: OODFeatures) -> np.ndarray:
+        if self.inputs == "embeddings":
+            return features.embeddings
+        if features.pixels is None:
+            raise ValueError(f"OOD detector {self.name!r} needs pixels in OODFeatures")
+        return features.pixels.reshape(len(features.pixels), -1).astype(np.float32) / 255.0
+
+    def _forest(self, x: np.ndarray) -> IsolationForest:
+        rows = _subsample(len(x), self.max_train_per_forest, self.seed)
+        return IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(x[rows])
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> IsolationForestDetector:
+        labels = np.asarray(labels)
+        keep = features.predicted == labels if self.correct_only else np.ones(len(labels), bool)
+        if keep.sum() < MIN_FOREST_ROWS:
+            keep[:] = True  # an untrained model gets almost nothing right; fit on all rather than on nothing
+        x, y = self._x(features)[keep], labels[keep]
+        self.pooled_ = self._forest(x)
+        self.forests_: dict[int, IsolationForest] = {}
+        if self.per_class:
+            for c in range(features.probs.shape[1]):
+                if (y == c).sum() >= MIN_FOREST_ROWS:
+                    self.forests_[c] = self._forest(x[y == c])
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        x = self._x(features)
+        predicted = features.predicted
+        scores = np.empty(len(x), dtype=np.float64)
+        routed = np.zeros(len(x), dtype=bool)
+        for c, forest in self.forests_.items():
+            rows = predicted == c
+            if rows.any():
+                # sklearn: lower score_samples = more abnormal; we report higher = more OOD.
+                scores[rows] = -forest.score_samples(x[rows])
+                routed |= rows
+        if not routed.all():
+            scores[~routed] = -self.pooled_.score_samples(x[~routed])
+        return scores
+
+
+class OtherClassDetector(OODDetector):
+    """A linear head on embeddings with outlier images as an extra class C; score = P(other).
+
+    `fit` expects the outliers in the features with label == C (the number of model classes).
+    """
+
+    name = "other_class"
+
+    def __init__(self, max_train: int = 20000, c: float = 1.0, seed: int = 0):
+        self.max_train, self.c, self.seed = max_train, c, seed
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> OtherClassDetector:
+        labels = np.asarray(labels)
+        n_classes = features.probs.shape[1]
+        outliers = labels == n_classes
+        if not outliers.any():
+            raise ValueError(f"{self.name} needs outlier images labelled {n_classes} in fit()")
+        inliers = np.flatnonzero(~outliers)[_subsample(int((~outliers).sum()), self.max_train, self.seed)]
+        rows = np.concatenate([inliers, np.flatnonzero(outliers)])
+        # Balanced weights: a few hundred outliers would otherwise be drowned by 65,000 inliers.
+        head = LogisticRegression(C=self.c, max_iter=500, class_weight="balanced", random_state=self.seed)
+        self.model_ = make_pipeline(StandardScaler(), head).fit(features.embeddings[rows], labels[rows])
+        self.other_label_ = n_classes
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        classes = list(self.model_.classes_)
+        return self.model_.predict_proba(features.embeddings)[:, classes.index(self.other_label_)].astype(np.float64)
