@@ -1,0 +1,112 @@
+"""Stratified splits, then rotated copies that top up small classes in train only.
+
+`class_target` counts a class over all splits. A class below it gets
+`target - count` rotated copies of its train images: quarter turns (90, 180,
+270 degrees) first, chosen at random without repeats; if a class needs more
+than three copies per train image, small-angle rotations (quarter turn plus
+5-15 degrees, centre-cropped to hide the corners, Lanczos back to 32x32)
+follow. Everything is seeded, so the same inputs give the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ml.imaging import IMAGE_SIZE
+
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.1
+SMALL_ANGLES = (5, -5, 10, -10, 15, -15)
+# Every (quarter turn, small angle) pair: 24 more distinct copies per image after the 3 quarter turns.
+EXTRA_TURNS = tuple((q, a) for a in SMALL_ANGLES for q in range(4))
+
+
+@dataclass
+class SplitArrays:
+    """One split of a snapshot: images, class ids, synthetic flags, source indices."""
+
+    x: np.ndarray
+    y: np.ndarray
+    synthetic: np.ndarray
+    source: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def split_indices(y: np.ndarray, n_classes: int, seed: int) -> dict[str, np.ndarray]:
+    """Per class: seeded shuffle, then val and test get 10 % each (rounded down), train the rest."""
+    rng = np.random.default_rng([seed, 0])
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in range(n_classes):
+        members = rng.permutation(np.flatnonzero(y == c))
+        n_val, n_test = int(len(members) * VAL_FRACTION), int(len(members) * TEST_FRACTION)
+        parts["val"].append(members[:n_val])
+        parts["test"].append(members[n_val:n_val + n_test])
+        parts["train"].append(members[n_val + n_test:])
+    return {name: np.sort(np.concatenate(idx)) for name, idx in parts.items()}
+
+
+def small_rotation(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate by a few degrees and crop the largest centred square that has no empty corner."""
+    size = image.shape[0]
+    rad = np.deg2rad(abs(degrees))
+    side = int(size / (np.cos(rad) + np.sin(rad)))
+    lo = (size - side) // 2
+    rotated = Image.fromarray(image).rotate(degrees, resample=Image.BICUBIC)
+    cropped = rotated.crop((lo, lo, lo + side, lo + side))
+    return np.asarray(cropped.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.uint8)
+
+
+def rotated_copies(x: np.ndarray, deficit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`deficit` rotated copies of images x, and the index in x each copy came from."""
+    n = len(x)
+    quarter = rng.permutation(3 * n)[: min(deficit, 3 * n)]  # (image, turn) pairs without repeats
+    origin, turns = quarter % n, quarter // n + 1
+    copies = np.empty((deficit, *x.shape[1:]), dtype=np.uint8)
+    for k in (1, 2, 3):  # vectorised per turn: np.rot90 over the (H, W) axes of a batch
+        picked = turns == k
+        copies[: len(quarter)][picked] = np.rot90(x[origin[picked]], k, axes=(1, 2))
+    extra = np.arange(deficit - len(quarter))
+    order = rng.permutation(n)
+    extra_origin = order[extra % n]
+    for j, (i, r) in enumerate(zip(extra_origin, extra // n)):
+        q, angle = EXTRA_TURNS[r % len(EXTRA_TURNS)]
+        copies[len(quarter) + j] = small_rotation(np.rot90(x[i], q), angle)
+    return copies, np.concatenate([origin, extra_origin]).astype(np.int64)
+
+
+def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, target: int,
+            seed: int) -> tuple[dict[str, SplitArrays], np.ndarray]:
+    """Splits with train topped up to `target` per class, and the synthetic count per class."""
+    splits = split_indices(y, n_classes, seed)
+    totals = np.bincount(y, minlength=n_classes)
+    rng = np.random.default_rng([seed, 1])
+    train = splits["train"]
+    xs, ys, srcs, synthetic = [x[train]], [y[train]], [source[train]], np.zeros(n_classes, np.int64)
+    for c in range(n_classes):
+        deficit = int(target - totals[c])
+        members = train[y[train] == c]
+        if deficit <= 0 or len(members) == 0:
+            continue
+        copies, origin = rotated_copies(x[members], deficit, rng)
+        xs.append(copies)
+        ys.append(np.full(deficit, c, dtype=np.int64))
+        srcs.append(source[members][origin])
+        synthetic[c] = deficit
+    n_real = len(train)
+    out = {"train": _shuffled(np.concatenate(xs), np.concatenate(ys), np.concatenate(srcs), n_real, seed)}
+    for name in ("val", "test"):
+        idx = splits[name]
+        out[name] = _shuffled(x[idx], y[idx], source[idx], len(idx), seed)
+    return out, synthetic
+
+
+def _shuffled(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_real: int, seed: int) -> SplitArrays:
+    """A seeded permutation, so a reader that takes the first N images gets every class."""
+    flags = np.arange(len(y)) >= n_real
+    order = np.random.default_rng([seed, 2, len(y)]).permutation(len(y))
+    return SplitArrays(x[order], y[order].astype(np.int64), flags[order], source[order].astype(np.int16))

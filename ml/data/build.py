@@ -1,0 +1,110 @@
+"""`build_dataset`: sources -> validation -> balancing -> a versioned snapshot, in one call.
+
+The DAG runs the same steps one task each through `ml.data.steps`; both use
+the functions below, so a CLI build and a DAG build give the same version and
+the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from ml import layout
+from ml.config import Settings
+from ml.data import snapshot
+from ml.data.balance import TEST_FRACTION, VAL_FRACTION, SplitArrays, balance
+from ml.data.base import Source
+from ml.data.decode import default_workers
+from ml.data.report import summary
+from ml.data.sources import resolve_sources
+from ml.data.validate import Pool, clean, counts_by, merge
+from ml.imaging import IMAGE_SIZE
+from ml.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+PIPELINE = 1  # bump when a change to this package changes the pixels or the splits
+
+
+def parameters(settings: Settings) -> dict:
+    """Everything besides the sources that decides a snapshot's content."""
+    return {"classes": list(settings.classes), "class_target": settings.class_target,
+            "seed": settings.seed, "val_fraction": VAL_FRACTION, "test_fraction": TEST_FRACTION,
+            "image_size": IMAGE_SIZE, "resample": "centre-crop+lanczos",
+            "balance": "train-only rotations: quarter turns, then small angles", "pipeline": PIPELINE}
+
+
+def dataset_version(described: list[dict], params: dict) -> str:
+    """Content hash of the inputs and parameters: same inputs, same version."""
+    blob = json.dumps({"sources": described, "parameters": params}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def plan(settings: Settings, store: ObjectStore,
+         sources: Iterable[str | Source] | None = None) -> tuple[list[Source], list[dict], dict, str]:
+    """Resolve the sources, checksum them and name the version, without decoding anything."""
+    resolved = resolve_sources(settings, store, sources)
+    described = [s.describe() for s in resolved]
+    params = parameters(settings)
+    return resolved, described, params, dataset_version(described, params)
+
+
+def load_pool(settings: Settings, resolved: list[Source], workers: int | None = None) -> Pool:
+    """Every source decoded to 32x32 uint8, merged in source order."""
+    workers = workers or default_workers()
+    loaded = []
+    for source in resolved:
+        started = time.perf_counter()
+        part = source.load(settings.classes, workers)
+        log.info("%s: %d images in %.1f s", source.name, len(part), time.perf_counter() - started)
+        loaded.append(part)
+    return merge(loaded)
+
+
+def make_manifest(version: str, settings: Settings, described: list[dict], params: dict,
+                  pool: Pool, images_in: int, splits: dict[str, SplitArrays],
+                  synthetic: np.ndarray) -> dict:
+    """The manifest of docs/architecture.md, plus what was skipped and why."""
+    classes = settings.classes
+    names = [d["name"] for d in described]
+    per_split = {s: {c: int(n) for c, n in zip(classes, np.bincount(splits[s].y, minlength=len(classes)))}
+                 for s in layout.SPLITS}
+    return {
+        "version": version, "classes": list(classes), "created_at": snapshot.utc_now(),
+        "sources": described, "parameters": params,
+        "counts": per_split,
+        "counts_by_source": counts_by(pool.y, pool.source, names, classes),
+        "synthetic": {c: int(n) for c, n in zip(classes, synthetic)},
+        "images_in": images_in, "images_out": sum(len(a) for a in splits.values()),
+        **pool.problems(),
+    }
+
+
+def result(version: str, manifest: dict, reused: bool) -> dict:
+    """What build_dataset returns (and the DAG passes on): small and JSON-able."""
+    return {"version": version, "manifest_key": layout.dataset_manifest(version),
+            "counts": manifest["counts"], "reused": reused}
+
+
+def build_dataset(settings: Settings, sources: Iterable[str | Source] | None = None,
+                  workers: int | None = None) -> dict:
+    """Build (or reuse) the snapshot for the configured sources; returns version, manifest_key, counts, reused."""
+    store = open_store(settings)
+    resolved, described, params, version = plan(settings, store, sources)
+    if snapshot.exists(store, version):
+        log.info("dataset %s already exists; reusing it", version)
+        return result(version, snapshot.load_manifest(store, version), reused=True)
+    pool = load_pool(settings, resolved, workers)
+    images_in = len(pool)
+    pool = clean(pool, settings.classes)
+    splits, synthetic = balance(pool.x, pool.y, pool.source, len(settings.classes),
+                                settings.class_target, settings.seed)
+    manifest = make_manifest(version, settings, described, params, pool, images_in, splits, synthetic)
+    snapshot.write_snapshot(store, version, splits, manifest)
+    log.info("%s", summary(manifest))
+    return result(version, manifest, reused=False)

@@ -1,0 +1,74 @@
+"""Corrected user images from the object store: `feedback/<request_id>.json` plus its image.
+
+Each record is an `ml.records.FeedbackRecord`; the image lives at
+`record.image_key` and its label is the user's label (`record.label`).
+A record whose label is not a configured class, or whose image is missing
+or unreadable, is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+
+from ml import layout
+from ml.data.base import Loaded, Source, class_index
+from ml.data.decode import Item, decode_items
+from ml.records import FeedbackRecord
+from ml.storage import ObjectNotFound, ObjectStore
+
+
+class FeedbackSource(Source):
+    """`feedback`: images users labelled through the service."""
+
+    kind = "feedback"
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._records: dict[str, bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return "feedback"
+
+    def records(self) -> dict[str, bytes]:
+        """Raw record JSON by key, read once per build so the checksum and the load agree."""
+        if self._records is None:
+            keys = [k for k in self.store.list(layout.FEEDBACK) if layout.is_feedback_record(k)]
+            self._records = {key: self.store.get_bytes(key) for key in keys}
+        return self._records
+
+    def checksum(self) -> str:
+        # Images are written once per request id; a correction rewrites the record, so the
+        # records alone identify the content.
+        digest = hashlib.sha256()
+        for key, raw in sorted(self.records().items()):
+            digest.update(key.encode() + b"\0" + hashlib.sha256(raw).digest())
+        return f"sha256:{digest.hexdigest()}"
+
+    def load(self, classes: tuple[str, ...], workers: int = 1) -> Loaded:
+        index, unknown, broken = class_index(classes), Counter(), []
+
+        def items() -> Iterator[Item]:
+            for key, raw in sorted(self.records().items()):
+                try:
+                    record = FeedbackRecord.from_json(raw)
+                except (ValueError, TypeError) as exc:
+                    broken.append((key, f"not a feedback record: {exc}"))
+                    continue
+                if record.label not in index:
+                    unknown[record.label] += 1
+                    continue
+                try:
+                    data = self.store.get_bytes(record.image_key)
+                except ObjectNotFound:
+                    broken.append((record.image_key, "image missing"))
+                    continue
+                yield record.image_key, index[record.label], data
+
+        # Feedback is small; decoding in this process avoids pool start-up.
+        out = decode_items(items(), workers=1, desc="feedback")
+        out.skipped.extend(broken)
+        out.unknown_classes.update(unknown)
+        return out

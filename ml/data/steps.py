@@ -1,0 +1,102 @@
+"""The dataset build as four resumable steps for the `dataset_build` DAG: fetch, validate, balance, snapshot.
+
+Each step takes the settings and a version, reads its input arrays from
+`staging/<version>/` in the object store and writes its output there, so tasks
+pass only the version string. The version is a content hash, so a retried or
+repeated task rewrites the same keys. `snapshot` deletes the staging area.
+When the snapshot already exists every step is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ml import layout
+from ml.config import Settings
+from ml.data import snapshot
+from ml.data.balance import SplitArrays, balance
+from ml.data.build import load_pool, make_manifest, plan, result
+from ml.data.report import summary
+from ml.data.validate import Pool, clean
+from ml.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+STAGING = "staging/"
+
+
+def staging_key(version: str, name: str) -> str:
+    return f"{STAGING}{version}/{name}"
+
+
+def _put_pool(store: ObjectStore, version: str, stage: str, pool: Pool, extra: dict) -> None:
+    for name in ("x", "y", "source"):
+        store.put_array(staging_key(version, f"{stage}/{name}.npy"), getattr(pool, name))
+    store.put_json(staging_key(version, f"{stage}/info.json"), {**extra, "problems": pool.problems()})
+
+
+def _get_pool(store: ObjectStore, version: str, stage: str) -> tuple[Pool, dict]:
+    info = store.get_json(staging_key(version, f"{stage}/info.json"))
+    arrays = {n: store.get_array(staging_key(version, f"{stage}/{n}.npy")) for n in ("x", "y", "source")}
+    problems = info["problems"]
+    pool = Pool(**arrays, duplicates=problems["duplicates"], skipped_count=problems["skipped"],
+                skipped=[tuple(p) for p in problems["skipped_examples"]],
+                unknown_classes=problems["unknown_classes"], notes=problems["notes"])
+    return pool, info
+
+
+def fetch(settings: Settings, sources: list[str] | None = None) -> dict:
+    """Download/read and decode every source; returns {"version", "reused"}."""
+    store = open_store(settings)
+    resolved, described, params, version = plan(settings, store, sources)
+    if snapshot.exists(store, version):
+        return {"version": version, "reused": True}
+    pool = load_pool(settings, resolved)
+    info = {"version": version, "sources": described, "parameters": params, "images_in": len(pool)}
+    _put_pool(store, version, "raw", pool, info)
+    return {"version": version, "reused": False}
+
+
+def validate(settings: Settings, version: str) -> dict:
+    """Drop duplicates and fail on an empty class; returns {"version", "images"}."""
+    store = open_store(settings)
+    if snapshot.exists(store, version):
+        return {"version": version, "images": None}
+    pool, info = _get_pool(store, version, "raw")
+    pool = clean(pool, settings.classes)
+    _put_pool(store, version, "clean", pool, info)
+    return {"version": version, "images": len(pool)}
+
+
+def balance_step(settings: Settings, version: str) -> dict:
+    """Split and top up train with rotations; returns {"version", "synthetic"}."""
+    store = open_store(settings)
+    if snapshot.exists(store, version):
+        return {"version": version, "synthetic": None}
+    pool, _ = _get_pool(store, version, "clean")
+    splits, synthetic = balance(pool.x, pool.y, pool.source, len(settings.classes),
+                                settings.class_target, settings.seed)
+    for split, arrays in splits.items():
+        for name in snapshot.ARRAYS:
+            store.put_array(staging_key(version, f"{split}/{name}.npy"), getattr(arrays, name))
+    store.put_array(staging_key(version, "synthetic.npy"), synthetic)
+    return {"version": version, "synthetic": int(synthetic.sum())}
+
+
+def write(settings: Settings, version: str) -> dict:
+    """Write the snapshot and its manifest, clear staging; returns build_dataset's dict."""
+    store = open_store(settings)
+    if snapshot.exists(store, version):
+        return result(version, snapshot.load_manifest(store, version), reused=True)
+    pool, info = _get_pool(store, version, "clean")
+    splits = {s: SplitArrays(*(store.get_array(staging_key(version, f"{s}/{n}.npy")) for n in snapshot.ARRAYS))
+              for s in layout.SPLITS}
+    synthetic = np.asarray(store.get_array(staging_key(version, "synthetic.npy")))
+    manifest = make_manifest(version, settings, info["sources"], info["parameters"], pool,
+                             info["images_in"], splits, synthetic)
+    snapshot.write_snapshot(store, version, splits, manifest)
+    for key in list(store.list(f"{STAGING}{version}/")):
+        store.delete(key)
+    log.info("%s", summary(manifest))
+    return result(version, manifest, reused=False)
