@@ -1,0 +1,157 @@
+"""`visionloop platform up|down|status`: the local platform as process groups on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ml.config import Settings
+from ml.platform import first_run, mlflow_api
+from ml.platform.airflow_api import AirflowApiError, AirflowClient
+from ml.platform.components import (
+    airflow_component,
+    airflow_password,
+    bentoml_component,
+    mlflow_component,
+    mlflow_uri,
+)
+from ml.platform.processes import Component, PlatformError, ProcessManager, probe
+
+Say = Callable[[str], None]
+ORDER = ("mlflow", "airflow", "bentoml")  # start order; stop in reverse
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of `status`."""
+
+    name: str
+    url: str
+    pid: int | None
+    health: str  # healthy, starting, stopped
+    detail: str = ""
+
+
+def check_home(settings: Settings) -> None:
+    """Create the working dirs or say which setting to change; no traceback for a read-only home."""
+    home = settings.home.resolve()
+    try:
+        for sub in ("logs", "run", "mlflow", "airflow"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        probe_file = home / "run" / ".write-probe"
+        probe_file.write_text("ok")
+        probe_file.unlink()
+    except OSError as exc:
+        raise PlatformError(f"working dir {home} is not writable ({exc.strerror}); "
+                            "set VISIONLOOP_HOME to a writable directory") from None
+
+
+def check_store(settings: Settings) -> None:
+    """Fail early, naming VISIONLOOP_S3_ENDPOINT, when the configured MinIO does not answer."""
+    from ml.storage import StorageError, open_store
+
+    try:
+        open_store(settings).check()
+    except StorageError as exc:
+        raise PlatformError(str(exc)) from None
+
+
+def ensure(manager: ProcessManager, components: list[Component], say: Say) -> None:
+    """Start those not already running (all at once, ports checked first); wait until each is healthy."""
+    to_start = [c for c in components if manager.running_pgid(c.name) is None]
+    for component in to_start:
+        manager.check_ports(component)
+    pending = []
+    for component in components:
+        if component.name in {c.name for c in to_start}:
+            pid = manager.start(component)
+            say(f"{component.title:8} starting (pid {pid}, log {manager.log_path(component.name)})")
+        elif probe(component):
+            say(f"{component.title:8} already running at {component.url}")
+            continue
+        else:
+            say(f"{component.title:8} already started; waiting for {component.health_url}")
+        pending.append(component)
+    for component in pending:
+        waited = manager.wait_healthy(component)
+        say(f"{component.title:8} healthy at {component.url} (waited {waited:.1f} s)")
+
+
+def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool = True,
+       timeout_s: float = 3600.0) -> None:
+    """Start MLflow and Airflow, run the first pipeline when no champion exists, then serve."""
+    check_home(settings)
+    if settings.use_s3:
+        check_store(settings)
+    manager = ProcessManager(settings.home.resolve())
+    started = time.monotonic()
+    ensure(manager, [mlflow_component(settings), airflow_component(settings)], say)
+    say(f"MLflow and Airflow up in {time.monotonic() - started:.1f} s")
+    password = airflow_password(settings)
+    say(f"Airflow UI: {airflow_component(settings).url}  user admin  password {password or '(not generated)'}")
+    say(f"MLflow UI:  {mlflow_uri(settings)}")
+    champion = mlflow_api.champion_version(mlflow_uri(settings), settings.model_name)
+    if champion is None and pipeline:
+        champion = _first_pipeline(settings, password or "", say, wait, timeout_s)
+    if champion is None:
+        if not pipeline:
+            say("no champion model yet: BentoML not started (run the pipeline, then `make up` again)")
+        return
+    say(f"champion: {settings.model_name} version {champion}")
+    serving = bentoml_component(settings)
+    ensure(manager, [serving], say)
+    say(f"Serving:    {serving.url}")
+
+
+def _first_pipeline(settings: Settings, password: str, say: Say, wait: bool, timeout_s: float) -> str | None:
+    """Trigger dataset_build and, with --wait, follow it to a champion."""
+    client = AirflowClient(airflow_component(settings).url, "admin", password)
+    try:
+        say("no champion model yet: running the first pipeline (dataset_build -> training_pipeline)")
+        first_run.start(client, say)
+        if not wait:
+            say("not waiting (--no-wait): follow it in the Airflow UI; `make up` again starts serving")
+            return None
+        watch = first_run.Watch(client, settings, mlflow_uri(settings), say)
+        return first_run.follow(watch, timeout_s)
+    except AirflowApiError as exc:
+        raise PlatformError(f"Airflow API: {exc}; Airflow's log is {settings.home.resolve()}/logs/airflow.log") from None
+    finally:
+        client.close()
+
+
+def down(settings: Settings, say: Say = print) -> int:
+    """Stop every process group `up` started (and nothing else); return how many were stopped."""
+    manager = ProcessManager(settings.home.resolve())
+    stopped = 0
+    for name in reversed(ORDER):
+        pgid = manager.running_pgid(name)
+        if pgid is None:
+            manager.pid_path(name).unlink(missing_ok=True)
+            continue
+        began = time.monotonic()
+        manager.stop(name)
+        stopped += 1
+        say(f"{name:8} stopped (process group {pgid}, {time.monotonic() - began:.1f} s)")
+    if not stopped:
+        say("nothing of ours was running")
+    return stopped
+
+
+def status(settings: Settings) -> list[Row]:
+    """Each component with its URL, pid and health; MLflow's row carries the champion version."""
+    manager = ProcessManager(settings.home.resolve())
+    rows = []
+    for component in (mlflow_component(settings), airflow_component(settings), bentoml_component(settings)):
+        pid = manager.running_pgid(component.name)
+        healthy = probe(component)
+        health = "healthy" if healthy else ("starting" if pid else "stopped")
+        detail = ""
+        if component.name == "mlflow" and healthy:
+            version = mlflow_api.champion_version(component.url, settings.model_name)
+            detail = f"champion v{version}" if version else "no champion"
+        elif healthy and pid is None:
+            detail = "not started by us"
+        rows.append(Row(component.name, component.url, pid, health, detail))
+    return rows

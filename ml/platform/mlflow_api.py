@@ -1,0 +1,59 @@
+"""The two MLflow questions the launcher asks, over MLflow's REST API.
+
+These are the endpoints `MlflowClient.get_model_version_by_alias` and
+`search_runs` call; plain HTTP keeps `status` fast (importing mlflow takes ~3 s).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+# Keras logs these per epoch; the first one present counts the epochs done.
+EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def champion_version(tracking_uri: str, model_name: str, alias: str = "champion") -> str | None:
+    """The registry version behind the alias, or None when there is none (or MLflow is down)."""
+    try:
+        response = httpx.get(f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
+                             params={"name": model_name, "alias": alias}, timeout=5)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return str(response.json().get("model_version", {}).get("version") or "") or None
+
+
+def latest_run(tracking_uri: str, experiment: str) -> dict | None:
+    """The newest run of the experiment (MLflow's run JSON), or None."""
+    try:
+        got = httpx.get(f"{tracking_uri}/api/2.0/mlflow/experiments/get-by-name",
+                        params={"experiment_name": experiment}, timeout=5)
+        if got.status_code != 200:
+            return None
+        exp_id = got.json()["experiment"]["experiment_id"]
+        found = httpx.post(f"{tracking_uri}/api/2.0/mlflow/runs/search", timeout=5, json={
+            "experiment_ids": [exp_id], "order_by": ["attributes.start_time DESC"], "max_results": 1})
+        runs = found.json().get("runs", []) if found.status_code == 200 else []
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+    return runs[0] if runs else None
+
+
+def epoch_progress(tracking_uri: str, run: dict) -> str:
+    """'epoch 3/20, val_accuracy 0.712' from the run's metric history; '' when nothing is logged yet."""
+    data = run.get("data", {})
+    metrics = {m["key"]: m for m in data.get("metrics", [])}
+    params = {p["key"]: p["value"] for p in data.get("params", [])}
+    key = next((k for k in EPOCH_METRICS if k in metrics), None)
+    if key is None:
+        return ""
+    try:
+        history = httpx.get(f"{tracking_uri}/api/2.0/mlflow/metrics/get-history", timeout=5,
+                            params={"run_id": run["info"]["run_id"], "metric_key": key})
+        done = len(history.json().get("metrics", []))
+    except (httpx.HTTPError, ValueError, KeyError):
+        return ""
+    total = params.get("epochs")
+    of = f"/{total}" if total else ""
+    return f"epoch {done}{of}, {key} {metrics[key]['value']:.3f}"
