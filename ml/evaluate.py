@@ -1,0 +1,100 @@
+"""Evaluate a training run on its snapshot's test split; log metrics and the figures people look at."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from ml import layout, plots
+from ml.config import Settings
+from ml.inference import Predictor
+from ml.model import load_run_model
+from ml.storage import open_store
+from ml.train import read_split
+
+log = logging.getLogger(__name__)
+USER_SOURCE_KINDS = ("feedback", "folder")
+TSNE_MAX = 2000
+
+
+def score(predictor: Predictor, x: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class recall and the confusion counts of a predictor on labelled images."""
+    from sklearn.metrics import confusion_matrix
+
+    predicted = predictor.predict_batched(x).probs.argmax(1)
+    counts = confusion_matrix(y, predicted, labels=range(len(classes)))
+    recall = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
+    return {"accuracy": float((predicted == y).mean()), "predicted": predicted, "confusion": counts,
+            "recall": {c: float(r) for c, r in zip(classes, recall)}}
+
+
+def score_on_test(model: keras.Model, settings: Settings, dataset_version: str) -> dict[str, Any]:
+    """Score any model on a snapshot's test split (the gate uses it for a champion from another snapshot)."""
+    manifest = open_store(settings).get_json(layout.dataset_manifest(dataset_version))
+    x, y = read_split(settings, dataset_version, "test")
+    return score(Predictor(model), x, y, list(manifest.get("classes") or settings.classes))
+
+
+def evaluate_run(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Test metrics (accuracy, recall per class) and evaluation artifacts, logged into the run."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    version = client.get_run(run_id).data.params["dataset_version"]
+    manifest = open_store(settings).get_json(layout.dataset_manifest(version))
+    classes = list(manifest.get("classes") or settings.classes)
+    model = load_run_model(run_id)
+    predictor = Predictor(model)
+    x, y = read_split(settings, version, "test")
+    result = score(predictor, x, y, classes)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metric("test_accuracy", result["accuracy"])
+        mlflow.log_metrics({f"test_recall_{c}": r for c, r in result["recall"].items()})
+        log_report(y, result["predicted"], classes)
+        mlflow.log_figure(plots.confusion_matrix(result["confusion"], classes), "plots/confusion_matrix.png")
+        mlflow.log_figure(plots.training_curves(epoch_history(client, run_id)), "plots/training_curves.png")
+        log_embedding_figures(settings, version, model, predictor, classes, manifest)
+    log.info("run %s: test_accuracy %.4f", run_id, result["accuracy"])
+    return {"test_accuracy": result["accuracy"], "test_recall": result["recall"]}
+
+
+def log_report(y: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:
+    """Per-class precision/recall/F1 as text and JSON."""
+    from sklearn.metrics import classification_report
+
+    kwargs = dict(labels=list(range(len(classes))), target_names=classes, zero_division=0)
+    mlflow.log_text(classification_report(y, predicted, digits=4, **kwargs), "reports/classification_report.txt")
+    mlflow.log_dict(classification_report(y, predicted, output_dict=True, **kwargs),
+                    "reports/classification_report.json")
+
+
+def epoch_history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
+    """Per-epoch curves logged by training (epoch_<name>), ordered by epoch."""
+    history = {}
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        points = sorted(client.get_metric_history(run_id, f"epoch_{name}"), key=lambda m: m.step)
+        history[name] = [m.value for m in points]
+    return history
+
+
+def log_embedding_figures(settings: Settings, version: str, model: keras.Model, predictor: Predictor,
+                          classes: list[str], manifest: dict) -> None:
+    """t-SNE of validation embeddings (user images marked) and first-layer filters/activations."""
+    import matplotlib.pyplot as plt
+
+    x, y, source = read_split(settings, version, "val", names=("x", "y", "source"))
+    pick = np.random.default_rng(0).permutation(len(y))[:TSNE_MAX]
+    kinds = np.array([s.get("kind", "") for s in manifest.get("sources", [])] or [""])
+    user = np.isin(kinds[np.clip(source[pick], 0, len(kinds) - 1)], USER_SOURCE_KINDS)
+    emb = predictor.predict_batched(x[pick]).embeddings
+    mlflow.log_figure(plots.tsne(emb, y[pick], classes, user), "plots/tsne_embeddings.png")
+    first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    images = x[pick[:4]]
+    maps = keras.Model(model.input, first.output)(images.astype("float32"), training=False)
+    figure = plots.filters_and_activations(first.get_weights()[0], images, keras.ops.convert_to_numpy(maps))
+    mlflow.log_figure(figure, "plots/first_layer_filters.png")
+    plt.close("all")

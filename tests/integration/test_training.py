@@ -1,0 +1,68 @@
+"""Smoke training and evaluation on tiny data against a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.fixtures.training import smoke_run  # noqa: F401  (fixture; tests/conftest.py will register it)
+
+
+@pytest.fixture(scope="module")
+def run(smoke_run):  # noqa: F811
+    return MlflowClient(smoke_run.settings.mlflow_tracking_uri).get_run(smoke_run.run_id)
+
+
+def test_run_logs_params_dataset_and_curves(smoke_run, run):  # noqa: F811
+    params = run.data.params
+    assert params["arch"] == "airnet" and params["profile"] == "smoke"
+    assert params["dataset_version"] == smoke_run.snapshot.version
+    for name in ("epochs", "batch_size", "learning_rate", "label_smoothing", "seed"):
+        assert name in params
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == [smoke_run.snapshot.version]
+    history = MlflowClient().get_metric_history(smoke_run.run_id, "epoch_val_accuracy")
+    assert len(history) == smoke_run.result["epochs_run"] >= 1
+
+
+def test_smoke_model_learns_the_tiny_data(smoke_run, run):  # noqa: F811
+    chance = 1 / 13
+    assert run.data.metrics["val_accuracy"] == pytest.approx(smoke_run.result["val_accuracy"])
+    assert smoke_run.result["val_accuracy"] > 2 * chance
+
+
+def test_model_and_bundle_are_logged(smoke_run, tmp_path):  # noqa: F811
+    import mlflow
+
+    from ml.inference import Predictor
+    from ml.model import load_run_model
+
+    path = mlflow.artifacts.download_artifacts(f"runs:/{smoke_run.run_id}/bundle/bundle.json", dst_path=tmp_path)
+    bundle = json.loads(open(path).read())
+    assert bundle["classes"] == list(smoke_run.settings.classes)
+    assert bundle["dataset_version"] == smoke_run.snapshot.version
+    assert bundle["arch"] == "airnet" and bundle["image_size"] == 32
+    x, y = smoke_run.snapshot.arrays["val"]
+    pred = Predictor(load_run_model(smoke_run.run_id)).predict(x)
+    assert pred.embeddings.shape == (len(x), bundle["embedding_dim"])
+    assert np.mean(pred.probs.argmax(1) == y) == pytest.approx(smoke_run.result["val_accuracy"], abs=1e-6)
+
+
+def test_evaluate_logs_test_metrics_and_figures(smoke_run):  # noqa: F811
+    from ml.evaluate import evaluate_run
+
+    result = evaluate_run(smoke_run.settings, smoke_run.run_id)
+    classes = smoke_run.settings.classes
+    assert set(result["test_recall"]) == set(classes)
+    x, y = smoke_run.snapshot.arrays["test"]
+    assert result["test_accuracy"] > 2 / 13
+    client = MlflowClient()
+    metrics = client.get_run(smoke_run.run_id).data.metrics
+    assert metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert all(f"test_recall_{c}" in metrics for c in classes)
+    logged = {f.path for d in ("plots", "reports") for f in client.list_artifacts(smoke_run.run_id, d)}
+    assert {"plots/confusion_matrix.png", "plots/training_curves.png", "plots/tsne_embeddings.png",
+            "plots/first_layer_filters.png", "reports/classification_report.txt",
+            "reports/classification_report.json"} <= logged
