@@ -41,10 +41,10 @@ class ImageNetLabeler:
         return self
 
     @classmethod
-    def try_load(cls, **params: Any) -> ImageNetLabeler | None:
+    def try_load(cls, mapping_path: str | Path = MAPPING_PATH, **params: Any) -> ImageNetLabeler | None:
         """A loaded labeler, or None with one log line saying why it is unavailable."""
         try:
-            return cls(**params).load()
+            return cls(mapping_path=mapping_path, **params).load()
         except Exception as exc:  # offline, no cache, corrupt file: all mean "no second opinion"
             log.warning("ImageNet labeler unavailable: ResNet50 weights could not be loaded from the Keras "
                         "cache (KERAS_HOME) or downloaded (%s: %s)", type(exc).__name__, exc)

@@ -36,20 +36,21 @@ def _members(source: Path) -> Iterator[tuple[str, bytes]]:
         raise ValueError(f"{source} is neither a folder nor a tar/zip archive of images")
 
 
-def group_of(relative_path: str) -> str:
-    """The image's group: its folder when there are folders below the top one, else the file-name prefix.
+def group_names(paths: list[str]) -> list[str]:
+    """Each image's group: its folder when images sit in several folders, else the file-name prefix.
 
-    ImageNet-style names `<wnid>_<n>.JPEG` group by wnid, so a flat archive still splits by class.
+    ImageNet-style names `<wnid>_<n>.JPEG` in one flat folder group by wnid, so a flat
+    archive such as ood_dev still splits by class.
     """
-    parts = Path(relative_path).parts
-    if len(parts) > 2:
-        return parts[-2]
-    return Path(relative_path).stem.split("_")[0]
+    parents = {Path(p).parent.as_posix() for p in paths}
+    if len(parents) > 1:
+        return [Path(p).parent.name for p in paths]
+    return [Path(p).stem.split("_")[0] for p in paths]
 
 
 def load_outlier_images(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(N, 32, 32, 3) uint8 images and their (N,) group names; undecodable files are skipped."""
-    images, groups = [], []
+    images, names = [], []
     for name, data in _members(Path(source)):
         if Path(name).name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
             continue
@@ -58,10 +59,10 @@ def load_outlier_images(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
         except ImageDecodeError:
             log.warning("skipping undecodable outlier image %s", name)
             continue
-        groups.append(group_of(name))
+        names.append(name)
     if not images:
         raise ValueError(f"no images in {source}")
-    return np.stack(images), np.array(groups)
+    return np.stack(images), np.array(group_names(names))
 
 
 def split_by_group(groups: np.ndarray, holdout_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
