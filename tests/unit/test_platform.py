@@ -1,0 +1,124 @@
+"""The process manager and launcher against a tiny `python -m http.server` stand-in."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from ml.cli import app
+from ml.config import Settings
+from ml.platform import launcher
+from ml.platform.processes import Component, PlatformError, ProcessManager, group_members
+from tests.fixtures.servers import free_port
+
+
+def tiny_server(root: Path, port: int, name: str = "mlflow") -> Component:
+    """An HTTP server whose /health is a file; a `sleep` child shares its process group."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "health").write_text("OK")
+    shell = f"sleep 600 & exec {sys.executable} -m http.server --bind 127.0.0.1 {port}"
+    url = f"http://127.0.0.1:{port}"
+    return Component(name, "Tiny", ("sh", "-c", shell), url, f"{url}/health", port,
+                     "VISIONLOOP_MLFLOW_PORT", dict(os.environ), root, start_timeout_s=30)
+
+
+@pytest.fixture
+def manager(tmp_path) -> ProcessManager:
+    mgr = ProcessManager(tmp_path / "home")
+    yield mgr
+    for name in ("mlflow", "airflow", "bentoml"):
+        mgr.stop(name, timeout_s=5)
+
+
+def test_up_twice_starts_once_and_down_leaves_nothing(manager, tmp_path):
+    server = tiny_server(tmp_path / "www", free_port())
+    said: list[str] = []
+    launcher.ensure(manager, [server], said.append)
+    pgid = manager.running_pgid("mlflow")
+    members = {p.pid for p in group_members(pgid)}
+    assert len(members) == 2  # the server and its sleeping child
+
+    launcher.ensure(manager, [server], said.append)
+    assert manager.running_pgid("mlflow") == pgid
+    assert "already running" in said[-1]
+    assert sum("starting" in line for line in said) == 1
+
+    settings = Settings.from_env(home=manager.home, mlflow_port=server.port)
+    assert launcher.down(settings, said.append) == 1
+    assert not group_members(pgid)  # at most zombies waiting for init remain
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in members)
+    assert not manager.pid_path("mlflow").exists()
+    assert launcher.down(settings, said.append) == 0
+
+
+def test_status_shows_pid_url_and_health(manager, tmp_path):
+    port = free_port()
+    server = tiny_server(tmp_path / "www", port)
+    launcher.ensure(manager, [server], lambda _: None)
+    settings = Settings.from_env(home=manager.home, mlflow_port=port, airflow_port=free_port(),
+                                 serve_port=free_port())
+    rows = {row.name: row for row in launcher.status(settings)}
+    assert rows["mlflow"].health == "healthy"
+    assert rows["mlflow"].pid == manager.running_pgid("mlflow")
+    assert rows["mlflow"].url == f"http://127.0.0.1:{port}"
+    assert rows["mlflow"].detail == "no champion"  # the stand-in has no registry
+    assert rows["airflow"].health == rows["bentoml"].health == "stopped"
+
+
+def test_server_that_exits_is_reported_with_its_log(manager, tmp_path):
+    port = free_port()
+    broken = Component("mlflow", "MLflow", ("sh", "-c", "echo 'cannot open database'; exit 3"),
+                       f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/health", port,
+                       "VISIONLOOP_MLFLOW_PORT", start_timeout_s=20)
+    with pytest.raises(PlatformError) as err:
+        launcher.ensure(manager, [broken], lambda _: None)
+    message = str(err.value)
+    assert "MLflow exited during start-up" in message
+    assert str(manager.log_path("mlflow")) in message and "cannot open database" in message
+
+
+def test_stale_or_foreign_pid_file_is_not_ours(manager):
+    manager.run_dir.mkdir(parents=True)
+    # Our own pid with a wrong start time: a reused pid must never be signalled.
+    manager.pid_path("mlflow").write_text(f"{os.getpid()}\n12345.0\n")
+    assert manager.running_pgid("mlflow") is None
+    assert not manager.pid_path("mlflow").exists()
+    assert manager.stop("mlflow") is False
+
+
+def test_port_in_use_names_the_setting(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"VISIONLOOP_HOME": str(tmp_path / "home"), "VISIONLOOP_MLFLOW_PORT": str(port)}
+        result = CliRunner().invoke(app, ["platform", "up", "--no-pipeline"], env=env)
+    assert result.exit_code == 2
+    assert f"port {port}" in result.output and "VISIONLOOP_MLFLOW_PORT" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "home" / "run" / "mlflow.pid").exists()
+
+
+def test_unwritable_home_names_the_setting(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(app, ["platform", "up"], env={"VISIONLOOP_HOME": str(blocker / "home")})
+    assert result.exit_code == 2
+    assert "VISIONLOOP_HOME" in result.output and "not writable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_minio_names_the_endpoint(tmp_path):
+    settings = Settings.from_env(home=tmp_path / "home", s3_endpoint=f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(PlatformError, match="VISIONLOOP_S3_ENDPOINT"):
+        launcher.up(settings, say=lambda _: None)
+    assert time.monotonic() - started < 60
+    assert not any((tmp_path / "home" / "run").glob("*.pid"))
