@@ -1,0 +1,58 @@
+"""ServingBundle: one classify call gives every field the request log and the API need."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.bundle import ServingBundle, TrainingImages, sniff_format
+from ml.storage import open_store
+from tests.fixtures.serving import png_bytes, serving_bundle_dir  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def bundle(serving_bundle_dir):  # noqa: F811
+    directory, _ = serving_bundle_dir
+    return ServingBundle.from_dir(directory, version="9")
+
+
+def test_classify_returns_the_contract_fields(bundle):
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    results = bundle.classify(images)
+    assert len(results) == 3
+    for res in results:
+        assert res["label"] == bundle.classes[res["class_id"]]
+        assert len(res["probabilities"]) == 13 and abs(sum(res["probabilities"]) - 1) < 1e-4
+        assert res["confidence"] == pytest.approx(max(res["probabilities"]))
+        assert isinstance(res["is_ood"], bool) and res["ood_detector"] == "msp"
+        assert 0 <= res["hist_distance"] <= 1 and 0 <= res["pixel_entropy"] <= 8
+        assert len(res["similar"]) == 4
+        assert all(s["url"] == f"/similar/{s['id']}" and s["label"] in bundle.classes for s in res["similar"])
+
+
+def test_batch_and_single_agree(bundle):
+    images = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    batch = bundle.classify(images)
+    single = bundle.classify(images[2:3])[0]
+    np.testing.assert_allclose(batch[2]["probabilities"], single["probabilities"], atol=1e-5)
+
+
+def test_flat_image_is_far_from_its_class_histogram(bundle):
+    flat = np.full((1, 32, 32, 3), 255, dtype=np.uint8)  # one luma bin: far from any class mean
+    assert bundle.classify(flat)[0]["hist_distance"] > 0.5
+
+
+def test_training_images_by_id(serving_bundle_dir, tmp_path):  # noqa: F811
+    _, settings = serving_bundle_dir
+    images = TrainingImages(open_store(settings), tmp_path)
+    assert images.get("serve0001:train:0").shape == (32, 32, 3)
+    for bad in ("serve0001:train:99999", "nope", "other:train:0"):
+        with pytest.raises(KeyError):
+            images.get(bad)
+
+
+@pytest.mark.parametrize("fmt,expected", [("PNG", ("PNG", "png")), ("JPEG", ("JPEG", "jpg")),
+                                          ("GIF", ("GIF", "gif")), ("WEBP", ("WEBP", "webp"))])
+def test_sniff_format(fmt, expected):
+    assert sniff_format(png_bytes(fmt=fmt)) == expected
+    assert sniff_format(b"hello") == ("UNKNOWN", "bin")
