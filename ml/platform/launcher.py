@@ -62,7 +62,7 @@ def ensure(manager: ProcessManager, components: list[Component], say: Say) -> No
     to_start = [c for c in components if manager.running_pgid(c.name) is None]
     for component in to_start:
         manager.check_ports(component)
-    pending = []
+    pending, began = [], time.monotonic()
     for component in components:
         if component.name in {c.name for c in to_start}:
             pid = manager.start(component)
@@ -74,8 +74,8 @@ def ensure(manager: ProcessManager, components: list[Component], say: Say) -> No
             say(f"{component.title:8} already started; waiting for {component.health_url}")
         pending.append(component)
     for component in pending:
-        waited = manager.wait_healthy(component)
-        say(f"{component.title:8} healthy at {component.url} (waited {waited:.1f} s)")
+        manager.wait_healthy(component)
+        say(f"{component.title:8} healthy at {component.url} ({time.monotonic() - began:.1f} s after start)")
 
 
 def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool = True,
