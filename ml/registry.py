@@ -118,7 +118,10 @@ def _tag(value: Any) -> str:
 def promote(settings: Settings, version: str | int) -> dict[str, Any]:
     """Make a version `champion`; the one it replaces becomes `previous_champion`."""
     client, version = _client(settings), str(version)
-    client.get_model_version(settings.model_name, version)  # raises if it does not exist
+    try:
+        client.get_model_version(settings.model_name, version)
+    except MlflowException:
+        raise ValueError(f"{settings.model_name} has no version {version!r}") from None
     current = champion_version(settings)
     if current and current != version:
         client.set_registered_model_alias(settings.model_name, PREVIOUS, current)

@@ -181,3 +181,13 @@ def log_dataset_input(store, version: str, manifest: dict, train: tuple[np.ndarr
                                          source=store.uri(layout.dataset_prefix(version)))
     mlflow.log_input(dataset, context="training")
     mlflow.log_dict(manifest, "manifest.json")
+
+
+def newest_dataset(settings: Settings) -> str:
+    """The newest snapshot in the store (for the CLI and hand-triggered DAG runs)."""
+    from ml.data.snapshot import latest_version
+
+    version = latest_version(open_store(settings))
+    if version is None:
+        raise ValueError("no dataset snapshot in the store yet: run `visionloop data build` first")
+    return version
