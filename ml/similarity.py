@@ -21,6 +21,20 @@ class Neighbor:
     distance: float
 
 
+_blas = None
+
+
+def _one_blas_thread():
+    """A context that runs BLAS on one thread: a matrix-vector product is memory-bound, and
+    extra threads only add hand-off latency (and lose badly when the CPU is shared)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -55,7 +69,9 @@ class SimilarityIndex:
         if len(rows) == 0 or k <= 0:
             return []
         # Contiguous slices avoid copying the candidate rows (fancy indexing would copy them).
-        sims = np.concatenate([self.embeddings_[self.offsets_[c]:self.offsets_[c + 1]] @ query for c in classes])
+        with _one_blas_thread():
+            sims = np.concatenate([self.embeddings_[self.offsets_[c]:self.offsets_[c + 1]] @ query
+                                   for c in classes])
         k = min(k, len(rows))
         best = np.argpartition(-sims, k - 1)[:k]
         best = best[np.argsort(-sims[best], kind="stable")]
