@@ -1,0 +1,64 @@
+"""The upload page in headless Chromium: upload, read the answer, click a similar image, see it stored."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ml import layout
+from ml.records import FeedbackRecord
+from ml.storage import open_store
+from tests.fixtures.serving import png_bytes, serving_bundle_dir, start_service  # noqa: F401
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def page_url(serving_bundle_dir, tmp_path):  # noqa: F811
+    directory, settings = serving_bundle_dir
+    env = {"VISIONLOOP_BUNDLE_DIR": str(directory), "VISIONLOOP_BUNDLE_VERSION": "11",
+           "VISIONLOOP_HOME": str(settings.home), "VISIONLOOP_REQUEST_LOG_INTERVAL_S": "0.2"}
+    server, url = start_service(env, tmp_path / "serve.log")
+    yield url, settings
+    server.stop()
+
+
+def test_upload_then_correct_via_a_similar_image(page_url, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (make test installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, settings = page_url
+    image = tmp_path / "upload.png"
+    image.write_bytes(png_bytes((200, 150), seed=42))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#file", str(image))
+            expect(page.locator("#result")).to_be_visible(timeout=20_000)
+            expect(page.locator("#probabilities li")).to_have_count(len(settings.classes))
+            expect(page.locator("#version")).to_have_text("11")
+            request_id = page.locator("#request-id").inner_text()
+            choice = page.locator("button.similar-choice").first
+            expect(choice.locator("img")).to_have_js_property("complete", True)
+            label = choice.get_attribute("data-label")
+            choice.click()
+            expect(page.locator("#thanks")).to_contain_text("Thank you", timeout=10_000)
+        finally:
+            browser.close()
+    store = open_store(settings)
+    key = layout.feedback_record(request_id)
+    deadline = time.monotonic() + 20
+    while not store.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = FeedbackRecord.from_json(store.get_bytes(key))
+    assert (record.label, record.source, record.model_version) == (label, "web", "11")
+    assert store.get_bytes(record.image_key) == image.read_bytes()
+    assert os.path.basename(record.image_key) == f"{request_id}.png"
