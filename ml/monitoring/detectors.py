@@ -72,28 +72,33 @@ class MultiKSDetector:
 
 
 class ChiSquareDetector:
-    """Chi-squared goodness of fit of predicted-class counts to the reference frequencies.
+    """Chi-squared test that window and reference predicted-class counts share one distribution.
 
-    Additive smoothing keeps a class the reference never predicted from giving
-    an infinite statistic on its first occurrence.
+    A two-sample test of homogeneity (`chi2_contingency` on the 2 x C table),
+    not goodness of fit to fixed frequencies: the reference frequencies are
+    themselves estimates, and treating them as exact fires on clean windows
+    as large as the reference. Additive smoothing keeps a class neither side
+    predicted (or only one side) from breaking the test.
     """
 
     def __init__(self, n_classes: int, name: str = "predicted_class", kind: str = "concept",
-                 alpha: float = 0.05, smoothing: float = 1.0):
+                 alpha: float = 0.05, smoothing: float = 0.5):
         self.n_classes, self.name, self.kind = n_classes, name, kind
         self.alpha, self.smoothing = alpha, smoothing
 
     def fit(self, reference: np.ndarray) -> ChiSquareDetector:
-        counts = np.bincount(np.asarray(reference, dtype=np.int64), minlength=self.n_classes)
-        self.frequencies_ = (counts + self.smoothing) / (counts.sum() + self.smoothing * self.n_classes)
+        self.counts_ = np.bincount(np.asarray(reference, dtype=np.int64), minlength=self.n_classes)
+        self.frequencies_ = self.counts_ / max(self.counts_.sum(), 1)
         return self
 
     def score(self, x: np.ndarray) -> DriftResult:
         observed = np.bincount(np.asarray(x, dtype=np.int64), minlength=self.n_classes)
-        expected = self.frequencies_ * observed.sum()
-        test = stats.chisquare(observed, expected)
+        if observed.sum() == 0:
+            return _result(self.name, self.kind, 0.0, 1.0, self.alpha, 0)
+        table = np.stack([self.counts_, observed]).astype(np.float64) + self.smoothing
+        test = stats.chi2_contingency(table, correction=False)
         return _result(self.name, self.kind, test.statistic, test.pvalue, self.alpha, int(observed.sum()),
-                       observed_share=(observed / max(observed.sum(), 1)).round(4).tolist(),
+                       observed_share=(observed / observed.sum()).round(4).tolist(),
                        reference_share=self.frequencies_.round(4).tolist())
 
 

@@ -115,7 +115,9 @@ def expected_ood_rate(client, run_id: str, settings: Settings) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(run_id, "bundle/ood/summary.json", tmp)
             summary = json.loads(Path(path).read_text())
-        return float(summary["id_reject_rate"])
+        if "id_reject_rate" in summary:
+            return float(summary["id_reject_rate"])
+        return float(summary["detectors"][summary["default_detector"]]["id_reject_rate"])
     except Exception as exc:  # no OOD bundle yet, or an older summary without the field
         log.info("no id_reject_rate in bundle/ood/summary.json of run %s (%s); using 1 - ood_target_tpr",
                  run_id, type(exc).__name__)
@@ -128,6 +130,7 @@ def compute_and_log(settings: Settings, run_id: str) -> dict:
 
     from ml.storage import open_store
 
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # load_run_model resolves runs:/ through it
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     version = client.get_run(run_id).data.params["dataset_version"]
     store = open_store(settings)

@@ -21,12 +21,13 @@ from ml.storage import ObjectStore
 EMBED_DIM = 16
 
 
-def outputs(n: int, n_classes: int, seed: int, shift: float = 0.0, prior: np.ndarray | None = None) -> dict:
+def outputs(n: int, n_classes: int, seed: int, shift: float = 0.0, prior: np.ndarray | None = None,
+            dim: int = EMBED_DIM) -> dict:
     """Per-request arrays: predicted, probs, confidence, embeddings, pixel_entropy, hist_distance, is_ood."""
-    centres = np.random.default_rng(12345).normal(0, 1.5, size=(n_classes, EMBED_DIM))  # fixed across calls
+    centres = np.random.default_rng(12345).normal(0, 1.5, size=(n_classes, dim))  # fixed across calls
     rng = np.random.default_rng(seed)
     labels = rng.choice(n_classes, size=n, p=prior)
-    embeddings = centres[labels] + rng.normal(shift, 1 + shift, size=(n, EMBED_DIM))  # shift moves and widens
+    embeddings = centres[labels] + rng.normal(shift, 1 + shift, size=(n, dim))  # shift moves and widens
     logits = -((embeddings[:, None, :] - centres[None]) ** 2).sum(-1) / 2.0
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -37,11 +38,12 @@ def outputs(n: int, n_classes: int, seed: int, shift: float = 0.0, prior: np.nda
             "is_ood": rng.random(n) < 0.05 * (1 + 4 * shift)}
 
 
-def pack(classes: list[str], n: int = 2000, seed: int = 0, expected_ood_rate: float = 0.05) -> ReferencePack:
+def pack(classes: list[str], n: int = 2000, seed: int = 0, expected_ood_rate: float = 0.05,
+         dim: int = EMBED_DIM) -> ReferencePack:
     """A reference pack from the unshifted distribution."""
     from sklearn.decomposition import PCA
 
-    out = outputs(n, len(classes), seed)
+    out = outputs(n, len(classes), seed, dim=dim)
     pca = PCA(n_components=8, random_state=0).fit(out["embeddings"])
     errors = np.array([(out["labels"][out["predicted"] == c] != c).mean() if (out["predicted"] == c).any() else 0.0
                        for c in range(len(classes))])
@@ -56,9 +58,9 @@ def pack(classes: list[str], n: int = 2000, seed: int = 0, expected_ood_rate: fl
 
 
 def records(n: int, classes: list[str], seed: int, shift: float = 0.0, model_version: str = "1",
-            start: datetime | None = None) -> list[RequestRecord]:
+            start: datetime | None = None, dim: int = EMBED_DIM) -> list[RequestRecord]:
     """n RequestRecords one second apart from `start`."""
-    out = outputs(n, len(classes), seed, shift)
+    out = outputs(n, len(classes), seed, shift, dim=dim)
     start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
     return [RequestRecord(
         request_id=uuid.UUID(int=np.random.default_rng([seed, i]).integers(2**63)).hex,

@@ -81,11 +81,11 @@ def parse_batch(data: bytes) -> list[RequestRecord]:
     return [RequestRecord.from_json(line) for line in data.splitlines() if line.strip()]
 
 
-def read_batches(store: ObjectStore, keys: list[str], workers: int = READ_WORKERS) -> list[RequestRecord]:
+def read_batches(store: ObjectStore, keys: list[str], workers: int | None = None) -> list[RequestRecord]:
     """All records of the batches, read concurrently; a request id seen twice is kept once."""
     if not keys:
         return []
-    with ThreadPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers or READ_WORKERS, len(keys))) as pool:
         batches = list(pool.map(lambda key: parse_batch(store.get_bytes(key)), keys))
     seen: set[str] = set()
     records = []
@@ -97,7 +97,7 @@ def read_batches(store: ObjectStore, keys: list[str], workers: int = READ_WORKER
     return records
 
 
-def read_json_objects(store: ObjectStore, keys: list[str], workers: int = READ_WORKERS) -> list[dict]:
+def read_json_objects(store: ObjectStore, keys: list[str], workers: int | None = None) -> list[dict]:
     """Small JSON objects (feedback records) read concurrently; vanished ones are skipped."""
     def read(key: str) -> dict | None:
         try:
@@ -107,5 +107,5 @@ def read_json_objects(store: ObjectStore, keys: list[str], workers: int = READ_W
 
     if not keys:
         return []
-    with ThreadPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers or READ_WORKERS, len(keys))) as pool:
         return [item for item in pool.map(read, keys) if item is not None]

@@ -66,3 +66,10 @@ def test_holm_matches_the_step_down_definition():
     # sorted 0.01, 0.03, 0.04, 0.5 -> 4*0.01, max(0.04, 3*0.03), max(0.09, 2*0.04), max(0.09, 0.5)
     assert np.allclose(holm_adjust(p), [0.04, 0.09, 0.09, 0.5])
     assert np.all(holm_adjust(p) >= p)
+
+
+def test_chi_square_does_not_fire_on_a_clean_window_larger_than_the_reference():
+    # Goodness of fit to the reference frequencies as if exact fires here; the two-sample test must not.
+    detector = ChiSquareDetector(13).fit(_rng(0).integers(0, 13, size=1000))
+    alarms = [detector.score(_rng(10 + i).integers(0, 13, size=10_000)).drift for i in range(20)]
+    assert np.mean(alarms) <= 0.15
