@@ -52,3 +52,42 @@ def status() -> None:
         colour = typer.colors.GREEN if row.health == "healthy" else typer.colors.YELLOW
         health = typer.style(f"{row.health:8}", fg=colour)
         typer.echo(f"{row.name:10} {health} {row.pid or '-':>7}  {row.url:26} {row.detail}")
+
+
+@app.command()
+def pipeline(
+    airflow_url: str = typer.Option("", help="Airflow API server; default: the local platform's."),
+    password: str = typer.Option("", envvar="AIRFLOW_ADMIN_PASSWORD", show_default=False,
+                                 help="Airflow admin password; default: the one standalone generated."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the runs until a champion exists."),
+    timeout: float = typer.Option(3600, "--timeout", min=1, help="Seconds to wait for the champion."),
+) -> None:
+    """Run the first pipeline (dataset_build -> training_pipeline) unless a champion exists.
+
+    `platform up` does this itself; the compose stack's `pipeline` service calls this command.
+    MLflow is read at MLFLOW_TRACKING_URI.
+    """
+    from ml.platform.components import airflow_password
+    from ml.platform.components import airflow_url as local_airflow
+    from ml.platform.launcher import run_pipeline
+    from ml.platform.processes import PlatformError
+
+    settings = load_settings()
+    with user_errors():
+        try:
+            run_pipeline(settings, airflow_url or local_airflow(settings),
+                         password or airflow_password(settings) or "", settings.mlflow_tracking_uri,
+                         typer.echo, wait, timeout)
+        except PlatformError as exc:
+            fail(str(exc))
+
+
+@app.command("wait-champion")
+def wait_champion(
+    timeout: float = typer.Option(0, "--timeout", min=0, help="Seconds to wait; 0 waits for ever."),
+) -> None:
+    """Block until the registry (at MLFLOW_TRACKING_URI) has a champion; the compose serving service uses it."""
+    from ml.platform.launcher import wait_champion as wait
+
+    if wait(load_settings(), typer.echo, timeout) is None:
+        fail(f"no champion model after {timeout:.0f} s", code=1)

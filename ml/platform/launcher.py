@@ -6,12 +6,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
+
 from ml.config import Settings
 from ml.platform import first_run, mlflow_api
 from ml.platform.airflow_api import AirflowApiError, AirflowClient
 from ml.platform.components import (
     airflow_component,
     airflow_password,
+    airflow_url,
     bentoml_component,
     mlflow_component,
     mlflow_uri,
@@ -93,7 +96,8 @@ def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool =
     say(f"MLflow UI:  {mlflow_uri(settings)}")
     champion = mlflow_api.champion_version(mlflow_uri(settings), settings.model_name)
     if champion is None and pipeline:
-        champion = _first_pipeline(settings, password or "", say, wait, timeout_s)
+        champion = run_pipeline(settings, airflow_url(settings), password or "", mlflow_uri(settings),
+                                say, wait, timeout_s)
     if champion is None:
         if not pipeline:
             say("no champion model yet: BentoML not started (run the pipeline, then `make up` again)")
@@ -104,21 +108,38 @@ def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool =
     say(f"Serving:    {serving.url}")
 
 
-def _first_pipeline(settings: Settings, password: str, say: Say, wait: bool, timeout_s: float) -> str | None:
-    """Trigger dataset_build and, with --wait, follow it to a champion."""
-    client = AirflowClient(airflow_component(settings).url, "admin", password)
+def run_pipeline(settings: Settings, airflow: str, password: str, tracking_uri: str, say: Say,
+                 wait: bool = True, timeout_s: float = 3600.0) -> str | None:
+    """Unless a champion exists, trigger dataset_build and (with wait) follow it to a champion."""
+    champion = mlflow_api.champion_version(tracking_uri, settings.model_name)
+    if champion:
+        say(f"champion {settings.model_name} version {champion} exists: no pipeline needed")
+        return champion
+    client = AirflowClient(airflow, "admin", password)
     try:
         say("no champion model yet: running the first pipeline (dataset_build -> training_pipeline)")
         first_run.start(client, say)
         if not wait:
             say("not waiting (--no-wait): follow it in the Airflow UI; `make up` again starts serving")
             return None
-        watch = first_run.Watch(client, settings, mlflow_uri(settings), say)
-        return first_run.follow(watch, timeout_s)
-    except AirflowApiError as exc:
-        raise PlatformError(f"Airflow API: {exc}; Airflow's log is {settings.home.resolve()}/logs/airflow.log") from None
+        return first_run.follow(first_run.Watch(client, settings, tracking_uri, say), timeout_s)
+    except (AirflowApiError, httpx.HTTPError) as exc:
+        raise PlatformError(f"Airflow API at {airflow}: {exc}") from None
     finally:
         client.close()
+
+
+def wait_champion(settings: Settings, say: Say, timeout_s: float = 0, poll_s: float = 15.0) -> str | None:
+    """Block until the registry has a champion (0 = no timeout); the compose serving service uses it."""
+    deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
+    say(f"waiting for a champion of {settings.model_name} at {settings.mlflow_tracking_uri}")
+    while time.monotonic() < deadline:
+        version = mlflow_api.champion_version(settings.mlflow_tracking_uri, settings.model_name)
+        if version:
+            say(f"champion: version {version}")
+            return version
+        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+    return None
 
 
 def down(settings: Settings, say: Say = print) -> int:
