@@ -18,17 +18,16 @@ before, every step is a no-op. The last task updates the Asset
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
-
 from visionloop_assets import DATASET, RETRAIN_REQUEST
 
 
 @dag(
     dag_id="dataset_build",
     schedule=[RETRAIN_REQUEST],
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # two builds of the same version would write the same staging keys
     doc_md=__doc__,

@@ -73,7 +73,7 @@ def rotated_copies(x: np.ndarray, deficit: int, rng: np.random.Generator) -> tup
     extra = np.arange(deficit - len(quarter))
     order = rng.permutation(n)
     extra_origin = order[extra % n]
-    for j, (i, r) in enumerate(zip(extra_origin, extra // n)):
+    for j, (i, r) in enumerate(zip(extra_origin, extra // n, strict=True)):
         q, angle = EXTRA_TURNS[r % len(EXTRA_TURNS)]
         copies[len(quarter) + j] = small_rotation(np.rot90(x[i], q), angle)
     return copies, np.concatenate([origin, extra_origin]).astype(np.int64)

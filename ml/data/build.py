@@ -72,14 +72,16 @@ def make_manifest(version: str, settings: Settings, described: list[dict], param
     """The manifest of docs/architecture.md, plus what was skipped and why."""
     classes = settings.classes
     names = [d["name"] for d in described]
-    per_split = {s: {c: int(n) for c, n in zip(classes, np.bincount(splits[s].y, minlength=len(classes)))}
-                 for s in layout.SPLITS}
+    per_split = {}
+    for split in layout.SPLITS:
+        counts = np.bincount(splits[split].y, minlength=len(classes))
+        per_split[split] = {c: int(n) for c, n in zip(classes, counts, strict=True)}
     return {
         "version": version, "classes": list(classes), "created_at": snapshot.utc_now(),
         "sources": described, "parameters": params,
         "counts": per_split,
         "counts_by_source": counts_by(pool.y, pool.source, names, classes),
-        "synthetic": {c: int(n) for c, n in zip(classes, synthetic)},
+        "synthetic": {c: int(n) for c, n in zip(classes, synthetic, strict=True)},
         "images_in": images_in, "images_out": sum(len(a) for a in splits.values()),
         **pool.problems(),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ml.layout import SPLITS
+
 
 def _short(name: str) -> str:
     """Column title for a source: folder sources by file or directory name."""
@@ -12,7 +14,7 @@ def _short(name: str) -> str:
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=False)))
              for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -21,14 +23,14 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 def counts_table(manifest: dict) -> str:
     """One row per class: real images per source, synthetic copies, and the split sizes."""
     sources = list(manifest.get("counts_by_source", {}))
-    splits = list(manifest["counts"])
+    splits = [s for s in SPLITS if s in manifest["counts"]]  # JSON keys come back sorted
     header = ["class", *(_short(s) for s in sources), "synthetic", *splits, "total"]
     rows = []
     for c in manifest["classes"]:
         per_split = [manifest["counts"][s][c] for s in splits]
         rows.append([c, *(manifest["counts_by_source"][s][c] for s in sources),
                      manifest["synthetic"].get(c, 0), *per_split, sum(per_split)])
-    rows.append(["TOTAL", *(sum(col) for col in list(zip(*rows))[1:])])
+    rows.append(["TOTAL", *(sum(col) for col in list(zip(*rows, strict=False))[1:])])
     return _table(header, rows)
 
 

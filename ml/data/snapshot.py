@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def read_index(store: ObjectStore) -> list[dict]:
 
 def append_index(store: ObjectStore, manifest: dict) -> None:
     entries = [e for e in read_index(store) if e["version"] != manifest["version"]]
-    totals = {split: sum(per_class.values()) for split, per_class in manifest["counts"].items()}
+    totals = {split: sum(manifest["counts"][split].values()) for split in layout.SPLITS}
     entries.append({"version": manifest["version"], "created_at": manifest["created_at"], "counts": totals})
     store.put_json(layout.dataset_index(), entries)
 
@@ -104,4 +104,4 @@ def latest_version(store: ObjectStore) -> str | None:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -71,7 +71,7 @@ def clean(pool: Pool, classes: tuple[str, ...]) -> Pool:
     pool.duplicates = len(pool) - len(keep)
     pool.x, pool.y, pool.source = pool.x[keep], pool.y[keep], pool.source[keep]
     counts = np.bincount(pool.y, minlength=len(classes))
-    empty = [name for name, n in zip(classes, counts) if n == 0]
+    empty = [name for name, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
         raise DataError(
             f"no images for class {', '.join(empty)}: add a source that has them "
@@ -91,4 +91,4 @@ def counts_by(y: np.ndarray, groups: np.ndarray, group_names: list[str],
     """{group name: {class: count}} for every group (zeros included, so tables line up)."""
     table = np.zeros((len(group_names), len(classes)), dtype=np.int64)
     np.add.at(table, (groups.astype(np.int64), y), 1)
-    return {g: {c: int(n) for c, n in zip(classes, row)} for g, row in zip(group_names, table)}
+    return {g: {c: int(n) for c, n in zip(classes, row, strict=True)} for g, row in zip(group_names, table, strict=False)}

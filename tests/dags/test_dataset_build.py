@@ -36,7 +36,7 @@ def test_dag_follows_the_house_rules(dag):
 
 def test_tasks_are_chained_in_pipeline_order(dag):
     order = ["fetch", "validate", "balance", "snapshot"]
-    for upstream, downstream in zip(order, order[1:]):
+    for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     assert [a.name for a in dag.get_task("snapshot").outlets] == ["visionloop_dataset"]
 

@@ -29,7 +29,7 @@ def test_quarter_turn_copies_are_distinct_rotations_of_their_origin():
     copies, origin = rotated_copies(x, 25, np.random.default_rng(0))
     assert copies.shape == (25, 32, 32, 3)
     seen = set()
-    for copy, i in zip(copies, origin):
+    for copy, i in zip(copies, origin, strict=False):
         turns = [k for k in (1, 2, 3) if np.array_equal(copy, np.rot90(x[i], k))]
         assert len(turns) == 1
         seen.add((int(i), turns[0]))

@@ -39,7 +39,7 @@ def make_cifar10(path: Path, per_batch: int = 4, seed: int = 0) -> tuple[str, np
         _add(archive, "cifar-10-batches-py/batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES]})
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             x = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
-            y = list(rng.integers(0, 10, per_batch))
+            y = [int(v) for v in rng.permutation(np.arange(per_batch) % 10)]
             _add(archive, f"cifar-10-batches-py/{name}", {b"data": _rows(x), b"labels": y})
             xs.append(x)
             ys.extend(y)
@@ -58,7 +58,7 @@ def make_cifar100(path: Path, n: int = 12, seed: int = 1) -> tuple[str, dict[str
             coarse = [i % len(COARSE) for i in range(n)]
             _add(archive, f"cifar-100-python/{name}",
                  {b"data": _rows(x), b"fine_labels": list(rng.integers(0, 100, n)), b"coarse_labels": coarse})
-            for image, c in zip(x, coarse):
+            for image, c in zip(x, coarse, strict=False):
                 by_name[COARSE[c]].append(image)
     return hashlib.md5(path.read_bytes()).hexdigest(), {k: np.array(v) for k, v in by_name.items() if v}
 
@@ -110,3 +110,21 @@ def test_checksum_mismatch_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(DownloadError, match="should have md5 f{32}") as info:
         source.load(CLASSES)
     assert str(tmp_path / "cache" / "cifar-10-python.tar.gz") in str(info.value)
+
+
+def test_build_from_both_archives_via_settings_overrides(settings, tmp_path):
+    from ml.data.build import build_dataset
+    from ml.data.snapshot import load_manifest
+    from ml.storage import open_store
+
+    md5_10, _, _ = make_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=10)
+    md5_100, _ = make_cifar100(tmp_path / "cifar-100-python.tar.gz", n=60)
+    extra = {"cifar10_url": (tmp_path / "cifar-10-python.tar.gz").as_uri(), "cifar10_md5": md5_10,
+             "cifar100_url": (tmp_path / "cifar-100-python.tar.gz").as_uri(), "cifar100_md5": md5_100}
+    settings = settings.with_(data_sources=("cifar10", "cifar100"), class_target=30, extra=extra)
+    result = build_dataset(settings, workers=1)
+    manifest = load_manifest(open_store(settings), result["version"])
+    assert manifest["counts_by_source"]["cifar10"]["cat"] == 6  # one per batch, train and test batches
+    assert manifest["counts_by_source"]["cifar100"]["insects"] == 20
+    assert manifest["synthetic"]["insects"] == 10 and manifest["synthetic"]["cat"] == 24
+    assert [s["checksum"] for s in manifest["sources"]] == [f"md5:{md5_10}", f"md5:{md5_100}"]

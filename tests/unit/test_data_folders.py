@@ -75,7 +75,7 @@ def by_name(tree: Path) -> dict[str, np.ndarray]:
     loaded = FolderSource(tree).load(CLASSES)
     names = ["a.png", "b.jpg", "c.gif", "d.png", "e.png", "f.bmp", "g.jpg"]
     assert len(loaded) == len(names)
-    return dict(zip(names, loaded.x))
+    return dict(zip(names, loaded.x, strict=False))
 
 
 def test_every_format_size_and_mode_becomes_32x32_rgb(tree):
