@@ -68,15 +68,19 @@ def list_() -> None:
 
 
 @app.command()
-def show(version: str = typer.Argument(..., help="A version from `visionloop data list`.")) -> None:
+def show(version: str = typer.Argument(None, help="A version from `visionloop data list`; default the newest.")) -> None:
     """Show one snapshot: counts per class, source and split, sources and what was skipped."""
     settings = load_settings()
     with user_errors():
         from ml.data.report import summary
-        from ml.data.snapshot import load_manifest
+        from ml.data.snapshot import latest_version, load_manifest
         from ml.storage import open_store
 
-        manifest = load_manifest(open_store(settings), version)
+        store = open_store(settings)
+        version = version or latest_version(store)
+        if version is None:
+            raise ValueError("no dataset snapshots yet; run `visionloop data build`")
+        manifest = load_manifest(store, version)
     typer.echo(summary(manifest))
     for source in manifest.get("sources", []):
         typer.echo(f"source {source['name']}: {source['checksum']}")

@@ -22,12 +22,15 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 IGNORED_PARTS = ("__MACOSX",)  # resource forks macOS puts into zips
 
 
+def is_hidden(path: str) -> bool:
+    """Dot files and macOS resource forks: never user images, so skipped without a report."""
+    return any((p.startswith(".") and p != ".") or p in IGNORED_PARTS for p in path.split("/"))
+
+
 def class_of(path: str) -> str | None:
     """The class folder of `<class>/<img>` or `<wrapper>/<class>/<img>`; None for other layouts."""
     parts = [p for p in path.strip("/").split("/") if p not in ("", ".")]
-    if len(parts) not in (2, 3) or any(p.startswith(".") or p in IGNORED_PARTS for p in parts):
-        return None
-    return parts[-2]
+    return parts[-2] if len(parts) in (2, 3) else None
 
 
 class FolderSource(Source):
@@ -72,6 +75,8 @@ class FolderSource(Source):
         def items() -> Iterator[Item]:
             for path, read in self._members():
                 label = class_of(path)
+                if is_hidden(path):
+                    continue
                 if label is None:
                     misplaced.append(path)
                 elif label not in index:
