@@ -73,3 +73,12 @@ def test_chi_square_does_not_fire_on_a_clean_window_larger_than_the_reference():
     detector = ChiSquareDetector(13).fit(_rng(0).integers(0, 13, size=1000))
     alarms = [detector.score(_rng(10 + i).integers(0, 13, size=10_000)).drift for i in range(20)]
     assert np.mean(alarms) <= 0.15
+
+
+@pytest.mark.parametrize("shift, fires", [(0.0, False), (0.5, True)])
+def test_mmd_permutation_test(shift, fires):
+    from ml.monitoring.detectors import MMDDetector
+
+    detector = MMDDetector(n_permutations=50, max_reference=300).fit(_rng(0).normal(size=(600, 4)))
+    result = detector.score(_rng(1).normal(shift, 1, size=(80, 4)))
+    assert result.drift is fires and 0 < result.p_value <= 1
