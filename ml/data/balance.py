@@ -64,19 +64,24 @@ def small_rotation(image: np.ndarray, degrees: float) -> np.ndarray:
 def rotated_copies(x: np.ndarray, deficit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`deficit` rotated copies of images x, and the index in x each copy came from."""
     n = len(x)
-    quarter = rng.permutation(3 * n)[: min(deficit, 3 * n)]  # (image, turn) pairs without repeats
+    # (image, turn) pairs without repeats; sorted so each turn is one contiguous, vectorised block.
+    quarter = np.sort(rng.permutation(3 * n)[: min(deficit, 3 * n)])
     origin, turns = quarter % n, quarter // n + 1
     copies = np.empty((deficit, *x.shape[1:]), dtype=np.uint8)
-    for k in (1, 2, 3):  # vectorised per turn: np.rot90 over the (H, W) axes of a batch
-        picked = turns == k
-        copies[: len(quarter)][picked] = np.rot90(x[origin[picked]], k, axes=(1, 2))
+    for k in (1, 2, 3):
+        lo, hi = np.searchsorted(turns, [k, k + 1])
+        copies[lo:hi] = np.rot90(take(x, origin[lo:hi]), k, axes=(1, 2))
     extra = np.arange(deficit - len(quarter))
-    order = rng.permutation(n)
-    extra_origin = order[extra % n]
+    extra_origin = rng.permutation(n)[extra % n]
     for j, (i, r) in enumerate(zip(extra_origin, extra // n, strict=True)):
         q, angle = EXTRA_TURNS[r % len(EXTRA_TURNS)]
         copies[len(quarter) + j] = small_rotation(np.rot90(x[i], q), angle)
     return copies, np.concatenate([origin, extra_origin]).astype(np.int64)
+
+
+def take(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Rows of x: np.take copies whole rows, ~8x faster than fancy indexing on (N,32,32,3)."""
+    return np.take(x, index, axis=0)
 
 
 def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, target: int,
@@ -86,13 +91,13 @@ def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, ta
     totals = np.bincount(y, minlength=n_classes)
     rng = np.random.default_rng([seed, 1])
     train = splits["train"]
-    xs, ys, srcs, synthetic = [x[train]], [y[train]], [source[train]], np.zeros(n_classes, np.int64)
+    xs, ys, srcs, synthetic = [take(x, train)], [y[train]], [source[train]], np.zeros(n_classes, np.int64)
     for c in range(n_classes):
         deficit = int(target - totals[c])
         members = train[y[train] == c]
         if deficit <= 0 or len(members) == 0:
             continue
-        copies, origin = rotated_copies(x[members], deficit, rng)
+        copies, origin = rotated_copies(take(x, members), deficit, rng)
         xs.append(copies)
         ys.append(np.full(deficit, c, dtype=np.int64))
         srcs.append(source[members][origin])
@@ -101,7 +106,7 @@ def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, ta
     out = {"train": _shuffled(np.concatenate(xs), np.concatenate(ys), np.concatenate(srcs), n_real, seed)}
     for name in ("val", "test"):
         idx = splits[name]
-        out[name] = _shuffled(x[idx], y[idx], source[idx], len(idx), seed)
+        out[name] = _shuffled(take(x, idx), y[idx], source[idx], len(idx), seed)
     return out, synthetic
 
 
@@ -109,4 +114,4 @@ def _shuffled(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_real: int, see
     """A seeded permutation, so a reader that takes the first N images gets every class."""
     flags = np.arange(len(y)) >= n_real
     order = np.random.default_rng([seed, 2, len(y)]).permutation(len(y))
-    return SplitArrays(x[order], y[order].astype(np.int64), flags[order], source[order].astype(np.int16))
+    return SplitArrays(take(x, order), y[order].astype(np.int64), flags[order], source[order].astype(np.int16))

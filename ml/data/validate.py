@@ -39,7 +39,7 @@ class Pool:
 def merge(loaded: list[Loaded]) -> Pool:
     """One pool from every source's images, in source order; keeps the full skip count."""
     pool = Pool(
-        x=np.concatenate([part.x for part in loaded]),
+        x=loaded[0].x if len(loaded) == 1 else np.concatenate([part.x for part in loaded]),
         y=np.concatenate([part.y for part in loaded]).astype(np.int64),
         source=np.concatenate([np.full(len(part), i, dtype=np.int16) for i, part in enumerate(loaded)]),
     )
@@ -69,7 +69,8 @@ def clean(pool: Pool, classes: tuple[str, ...]) -> Pool:
     """The pool without exact duplicates (the first source wins); raises if a class is empty."""
     keep = first_occurrences(pool.x)
     pool.duplicates = len(pool) - len(keep)
-    pool.x, pool.y, pool.source = pool.x[keep], pool.y[keep], pool.source[keep]
+    if pool.duplicates:  # np.take copies whole rows, far faster than fancy indexing here
+        pool.x, pool.y, pool.source = np.take(pool.x, keep, axis=0), pool.y[keep], pool.source[keep]
     counts = np.bincount(pool.y, minlength=len(classes))
     empty = [name for name, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
