@@ -33,7 +33,8 @@ def one_build(workers: int) -> dict:
     from ml.storage import open_store
 
     with tempfile.TemporaryDirectory(prefix="visionloop-bench-") as tmp:
-        settings = Settings.from_env(home=Path(tmp), data_sources=tuple(f"folder:{DATASETS / a}" for a in ARCHIVES))
+        sources = tuple(f"folder:{DATASETS / a}" for a in ARCHIVES)
+        settings = Settings.from_env(home=Path(tmp), data_sources=sources)
         started = time.perf_counter()
         result = build_dataset(settings, workers=workers)
         seconds = time.perf_counter() - started
@@ -48,7 +49,8 @@ def one_build(workers: int) -> dict:
     return {"workers": workers, "version": result["version"], "images_in": manifest["images_in"],
             "images_out": manifest["images_out"], "synthetic": sum(manifest["synthetic"].values()),
             "duplicates": manifest["duplicates"], "seconds": round(seconds, 2),
-            "images_per_s": round(manifest["images_in"] / seconds, 1), "cpu_seconds": round(cpu_s, 2), "peak_rss_mb": round(peak_mb, 1),
+            "images_per_s": round(manifest["images_in"] / seconds, 1), "cpu_seconds": round(cpu_s, 2),
+            "peak_rss_mb": round(peak_mb, 1),
             "worker_peak_rss_mb": round(workers_mb, 1), "reuse_seconds": round(reuse_s, 3),
             "reused": reused["reused"]}
 
@@ -77,7 +79,8 @@ def main() -> None:
     baseline = None if args.no_baseline else run_child(1)
     result = run_child(args.workers)
     if baseline:
-        result["baseline"] = {k: baseline[k] for k in ("workers", "seconds", "images_per_s", "cpu_seconds", "peak_rss_mb")}
+        keys = ("workers", "seconds", "images_per_s", "cpu_seconds", "peak_rss_mb")
+        result["baseline"] = {k: baseline[k] for k in keys}
         result["speedup"] = round(baseline["seconds"] / result["seconds"], 2)
         result["same_version_as_baseline"] = baseline["version"] == result["version"]
     result.update(target_seconds=TARGET_S, target_rss_mb=TARGET_MB, cores=len(os.sched_getaffinity(0)),

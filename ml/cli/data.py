@@ -31,6 +31,7 @@ def build(
 ) -> None:
     settings = load_settings()
     logging.basicConfig(level=logging.INFO if profile else logging.WARNING, format="%(message)s")
+    logging.getLogger("ml.data.summary").propagate = False  # the table is printed below, once
     started = time.perf_counter()
     with user_errors():
         from ml.data.build import build_dataset
@@ -42,7 +43,8 @@ def build(
         manifest = load_manifest(open_store(settings), result["version"])
     typer.echo(summary(manifest))
     state = "reused the existing snapshot" if result["reused"] else "built"
-    typer.secho(f"{state}: dataset version {result['version']} ({result['manifest_key']})", fg=typer.colors.GREEN)
+    typer.secho(f"{state}: dataset version {result['version']} ({result['manifest_key']})",
+                fg=typer.colors.GREEN)
     if profile:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -68,7 +70,9 @@ def list_() -> None:
 
 
 @app.command()
-def show(version: str = typer.Argument(None, help="A version from `visionloop data list`; default the newest.")) -> None:
+def show(
+    version: str = typer.Argument(None, help="A version from `visionloop data list`; default the newest."),
+) -> None:
     """Show one snapshot: counts per class, source and split, sources and what was skipped."""
     settings = load_settings()
     with user_errors():

@@ -114,4 +114,5 @@ def _shuffled(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_real: int, see
     """A seeded permutation, so a reader that takes the first N images gets every class."""
     flags = np.arange(len(y)) >= n_real
     order = np.random.default_rng([seed, 2, len(y)]).permutation(len(y))
-    return SplitArrays(take(x, order), y[order].astype(np.int64), flags[order], source[order].astype(np.int16))
+    return SplitArrays(take(x, order), y[order].astype(np.int64), flags[order],
+                       source[order].astype(np.int16))

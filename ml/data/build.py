@@ -29,6 +29,7 @@ from ml.imaging import IMAGE_SIZE
 from ml.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
+summary_log = logging.getLogger("ml.data.summary")  # the counts table, for task logs
 PIPELINE = 1  # bump when a change to this package changes the pixels or the splits
 
 
@@ -104,7 +105,7 @@ def result(version: str, manifest: dict, reused: bool) -> dict:
 
 def build_dataset(settings: Settings, sources: Iterable[str | Source] | None = None,
                   workers: int | None = None) -> dict:
-    """Build (or reuse) the snapshot for the configured sources; returns version, manifest_key, counts, reused."""
+    """Build (or reuse) the snapshot of the sources; {"version", "manifest_key", "counts", "reused"}."""
     store = open_store(settings)
     resolved, described, params, version = plan(settings, store, sources)
     if snapshot.exists(store, version):
@@ -121,5 +122,5 @@ def build_dataset(settings: Settings, sources: Iterable[str | Source] | None = N
     manifest = make_manifest(version, settings, described, params, pool, images_in, splits, synthetic)
     with timed("write snapshot"):
         snapshot.write_snapshot(store, version, splits, manifest)
-    log.info("%s", summary(manifest))
+    summary_log.info("%s", summary(manifest))
     return result(version, manifest, reused=False)

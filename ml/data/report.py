@@ -14,8 +14,12 @@ def _short(name: str) -> str:
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=False)))
-             for r in [header, *rows]]
+
+    def line(row: list[object]) -> str:  # first column left-aligned, numbers right-aligned
+        cells = zip(row, widths, strict=True)
+        return "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(cells))
+
+    lines = [line(r) for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -43,7 +43,8 @@ def load_manifest(store: ObjectStore, version: str) -> dict:
     try:
         return store.get_json(layout.dataset_manifest(version))
     except ObjectNotFound:
-        raise ObjectNotFound(f"no dataset version {version!r} in the store (see `visionloop data list`)") from None
+        raise ObjectNotFound(f"no dataset version {version!r} in the store "
+                             "(see `visionloop data list`)") from None
 
 
 def load_split(store: ObjectStore, version: str, split: str) -> SplitArrays:

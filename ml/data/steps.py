@@ -23,6 +23,7 @@ from ml.data.validate import Pool, clean
 from ml.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
+summary_log = logging.getLogger("ml.data.summary")  # the counts table, for task logs
 STAGING = "staging/"
 
 
@@ -90,13 +91,13 @@ def write(settings: Settings, version: str) -> dict:
     if snapshot.exists(store, version):
         return result(version, snapshot.load_manifest(store, version), reused=True)
     pool, info = _get_pool(store, version, "clean")
-    splits = {s: SplitArrays(*(store.get_array(staging_key(version, f"{s}/{n}.npy")) for n in snapshot.ARRAYS))
-              for s in layout.SPLITS}
+    splits = {s: SplitArrays(*(store.get_array(staging_key(version, f"{s}/{n}.npy"))
+                               for n in snapshot.ARRAYS)) for s in layout.SPLITS}
     synthetic = np.asarray(store.get_array(staging_key(version, "synthetic.npy")))
     manifest = make_manifest(version, settings, info["sources"], info["parameters"], pool,
                              info["images_in"], splits, synthetic)
     snapshot.write_snapshot(store, version, splits, manifest)
     for key in list(store.list(f"{STAGING}{version}/")):
         store.delete(key)
-    log.info("%s", summary(manifest))
+    summary_log.info("%s", summary(manifest))
     return result(version, manifest, reused=False)

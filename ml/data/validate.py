@@ -92,4 +92,5 @@ def counts_by(y: np.ndarray, groups: np.ndarray, group_names: list[str],
     """{group name: {class: count}} for every group (zeros included, so tables line up)."""
     table = np.zeros((len(group_names), len(classes)), dtype=np.int64)
     np.add.at(table, (groups.astype(np.int64), y), 1)
-    return {g: {c: int(n) for c, n in zip(classes, row, strict=True)} for g, row in zip(group_names, table, strict=False)}
+    return {g: {c: int(n) for c, n in zip(classes, row, strict=True)}
+            for g, row in zip(group_names, table, strict=True)}
