@@ -9,7 +9,7 @@ from datetime import datetime
 
 from ml.config import Settings
 from ml.platform import mlflow_api
-from ml.platform.airflow_api import ACTIVE, AirflowClient, error_line
+from ml.platform.airflow_api import ACTIVE, TERMINAL, AirflowClient, error_line
 from ml.platform.processes import PlatformError
 
 DAGS = ("dataset_build", "training_pipeline", "drift_monitoring")
@@ -69,27 +69,31 @@ def follow(watch: Watch, timeout_s: float) -> str:
         version = mlflow_api.champion_version(watch.tracking_uri, watch.settings.model_name)
         if version:
             return version
-        training = _active(watch.client, "training_pipeline")
-        if training:
-            _show_run(watch, training)
-        elif dataset_run and dataset_run["state"] != "success":
+        if dataset_run and dataset_run["state"] not in TERMINAL:
             dataset_run = watch.client.run("dataset_build", dataset_run["dag_run_id"])
             _show_run(watch, dataset_run)
             if dataset_run["state"] == "failed":
                 raise PlatformError(_diagnose(watch, dataset_run))
-        else:
+        training = _active(watch.client, "training_pipeline")
+        if training:
+            _show_run(watch, training)
+        elif dataset_run is None or dataset_run["state"] == "success":
             training_wait_started = training_wait_started or time.monotonic()
             done = _finished_training(watch, dataset_run)
             if done and done["state"] == "failed":
                 raise PlatformError(_diagnose(watch, done))
             if done and done["state"] == "success":
+                # The gate sets the alias before the run ends: one more look closes the race.
+                version = mlflow_api.champion_version(watch.tracking_uri, watch.settings.model_name)
+                if version:
+                    return version
                 raise PlatformError("training_pipeline succeeded but the registry gate did not promote a "
                                     f"champion; see the run's version tags in MLflow ({watch.tracking_uri})")
             if not done and time.monotonic() - training_wait_started > 90:
                 # The Asset should have scheduled it; start it by hand rather than wait forever.
                 run = watch.client.trigger("training_pipeline")
                 watch.show(f"triggered training_pipeline (run {run['dag_run_id']})")
-                training_wait_started = float("inf")
+                training_wait_started = float("inf")  # once
         time.sleep(POLL_S)
     raise PlatformError(f"no champion after {timeout_s:.0f} s; the pipeline goes on in Airflow "
                         f"({watch.client.base_url}); run `make up` again to start serving once it is done")

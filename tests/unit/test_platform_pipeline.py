@@ -134,3 +134,10 @@ def test_airflow_env_binds_loopback_and_passes_settings(tmp_path, monkeypatch):
     mlflow = components.mlflow_component(settings)
     assert mlflow.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "--host" in mlflow.argv and mlflow.argv[mlflow.argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_training_without_promotion_says_the_gate_refused(watch):
+    client = ScriptedAirflow([{"dataset_build": [run("d1", "success", end=T1)],
+                               "training_pipeline": [run("t1", "success", queued=T2)]}])
+    with pytest.raises(PlatformError, match="gate did not promote"):
+        first_run.follow(watch(client), timeout_s=30)
