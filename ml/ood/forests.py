@@ -33,44 +33,47 @@ class IsolationForestDetector(OODDetector):
     def needs_pixels(self) -> bool:  # type: ignore[override]
         return self.inputs == "pixels"
 
-    def _x(self, features: OODFeatures) -> np.ndarray:
+    def _x(self, features: OODFeatures, rows: np.ndarray) -> np.ndarray:
+        """Inputs of the given rows only: 65,000 images as float pixels would need 800 MB."""
         if self.inputs == "embeddings":
-            return features.embeddings
+            return features.embeddings[rows]
         if features.pixels is None:
             raise ValueError(f"OOD detector {self.name!r} needs pixels in OODFeatures")
-        return features.pixels.reshape(len(features.pixels), -1).astype(np.float32) / 255.0
+        pixels = features.pixels[rows]
+        return pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0
 
-    def _forest(self, x: np.ndarray) -> IsolationForest:
-        rows = _subsample(len(x), self.max_train_per_forest, self.seed)
-        return IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(x[rows])
+    def _forest(self, features: OODFeatures, rows: np.ndarray) -> IsolationForest:
+        rows = rows[_subsample(len(rows), self.max_train_per_forest, self.seed)]
+        return IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(self._x(features, rows))
 
     def fit(self, features: OODFeatures, labels: np.ndarray) -> IsolationForestDetector:
         labels = np.asarray(labels)
         keep = features.predicted == labels if self.correct_only else np.ones(len(labels), bool)
         if keep.sum() < MIN_FOREST_ROWS:
             keep[:] = True  # an untrained model gets almost nothing right; fit on all rather than on nothing
-        x, y = self._x(features)[keep], labels[keep]
-        self.pooled_ = self._forest(x)
+        rows = np.flatnonzero(keep)
+        self.pooled_ = self._forest(features, rows)
         self.forests_: dict[int, IsolationForest] = {}
         if self.per_class:
             for c in range(features.probs.shape[1]):
-                if (y == c).sum() >= MIN_FOREST_ROWS:
-                    self.forests_[c] = self._forest(x[y == c])
+                members = rows[labels[rows] == c]
+                if len(members) >= MIN_FOREST_ROWS:
+                    self.forests_[c] = self._forest(features, members)
         return self
 
     def score_samples(self, features: OODFeatures) -> np.ndarray:
-        x = self._x(features)
         predicted = features.predicted
-        scores = np.empty(len(x), dtype=np.float64)
-        routed = np.zeros(len(x), dtype=bool)
+        scores = np.empty(len(features), dtype=np.float64)
+        routed = np.zeros(len(features), dtype=bool)
         for c, forest in self.forests_.items():
-            rows = predicted == c
-            if rows.any():
+            rows = np.flatnonzero(predicted == c)
+            if len(rows):
                 # sklearn: lower score_samples = more abnormal; we report higher = more OOD.
-                scores[rows] = -forest.score_samples(x[rows])
-                routed |= rows
-        if not routed.all():
-            scores[~routed] = -self.pooled_.score_samples(x[~routed])
+                scores[rows] = -forest.score_samples(self._x(features, rows))
+                routed[rows] = True
+        rest = np.flatnonzero(~routed)
+        if len(rest):
+            scores[rest] = -self.pooled_.score_samples(self._x(features, rest))
         return scores
 
 
