@@ -31,7 +31,7 @@ def baseline_query(unit: np.ndarray, labels: np.ndarray, query: np.ndarray, prob
 def timed_ms(fn, queries: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
     """Median and p99 milliseconds per single-image query."""
     times = []
-    for q, p in zip(queries, probs):
+    for q, p in zip(queries, probs, strict=True):
         start = time.perf_counter()
         fn(q, p)
         times.append((time.perf_counter() - start) * 1000)
@@ -56,7 +56,7 @@ def main() -> None:
     queries = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
     probs = rng.dirichlet(np.ones(args.classes), size=args.queries)
     # Same answers first: the speed-up must not change the neighbours.
-    for q, p in zip(queries[:20], probs[:20]):
+    for q, p in zip(queries[:20], probs[:20], strict=True):
         ours = [int(h.id.rsplit(":", 1)[1]) for h in index.query(q, p)]
         assert ours == baseline_query(unit, labels, q, p).tolist(), "index disagrees with brute force"
     base_med, base_p99 = timed_ms(lambda q, p: baseline_query(unit, labels, q, p), queries, probs)

@@ -78,7 +78,7 @@ class SimilarityIndex:
         # |a - b| = sqrt(2 - 2 cos) for unit vectors.
         distances = np.sqrt(np.maximum(2.0 - 2.0 * sims[best], 0.0))
         return [Neighbor(str(self.ids_[rows[i]]), int(self.labels_[rows[i]]), float(d))
-                for i, d in zip(best, distances)]
+                for i, d in zip(best, distances, strict=True)]
 
     def save(self, path: str | Path) -> Path:
         """npz with embeddings (float32, unit rows), labels (int64) and ids (str); no pickles."""

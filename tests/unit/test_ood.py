@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.ood import (MahalanobisDetector, OODFeatures, load_default_detector, load_detector, make_detectors,
-                    pick_default, save_detectors)
+from ml.ood import (
+    MahalanobisDetector,
+    OODFeatures,
+    load_default_detector,
+    load_detector,
+    make_detectors,
+    pick_default,
+    save_detectors,
+)
 
 C, D = 4, 16
 

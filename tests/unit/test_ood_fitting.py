@@ -11,7 +11,7 @@ from PIL import Image
 
 from ml.ood import OODFeatures, fitting
 from ml.ood.evaluate import auroc, fpr_at_tpr, markdown_table
-from ml.ood.outliers import group_names, load_outlier_images, split_by_group
+from ml.ood.outliers import load_outlier_images, split_by_group
 from ml.ood.pipeline import synthetic_ood
 
 C, D = 3, 8
