@@ -50,8 +50,12 @@ def parameters(settings: Settings) -> dict:
 
 
 def dataset_version(described: list[dict], params: dict) -> str:
-    """Content hash of the inputs and parameters: same inputs, same version."""
-    blob = json.dumps({"sources": described, "parameters": params}, sort_keys=True).encode()
+    """Content hash of the inputs and parameters: same inputs, same version.
+
+    Source names (paths) are left out, so moving a folder does not make a new dataset.
+    """
+    inputs = [[d["kind"], d["checksum"]] for d in described]
+    blob = json.dumps({"sources": inputs, "parameters": params}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

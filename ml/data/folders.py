@@ -39,7 +39,7 @@ class FolderSource(Source):
     kind = "folder"
 
     def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
         self._checksum: str | None = None
 
     @property

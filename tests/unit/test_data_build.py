@@ -152,3 +152,11 @@ def test_dag_steps_build_the_same_snapshot_and_clean_up(tiny, tmp_path):
         np.testing.assert_array_equal(a.synthetic, b.synthetic)
     assert not list(open_store(staged).list(steps.STAGING))
     assert steps.fetch(staged)["reused"] is True
+
+
+def test_moving_the_folder_keeps_the_version(tiny, tmp_path):
+    settings, tree = tiny
+    first = build_dataset(settings, workers=1)["version"]
+    moved = tree.rename(tmp_path / "moved")
+    again = build_dataset(settings.with_(data_sources=(f"folder:{moved}",)), workers=1)
+    assert again["version"] == first and again["reused"]
