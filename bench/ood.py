@@ -108,6 +108,34 @@ def quick_model(settings: Settings, per_class: int, epochs: int) -> tuple[fittin
     return data, f"quick CPU airnet width 32, {len(y_tr)} train images, {epochs} epochs, val accuracy {accuracy:.3f}"
 
 
+def save_data(data: fitting.OODData, model: str, path: Path) -> None:
+    """Every feature array in one npz, so detectors can be re-evaluated without the model."""
+    arrays = {"model": np.array(model), "train_labels": data.train_labels}
+    parts = {"train": data.train, "val": data.val, "test": data.test, "outlier_train": data.outlier_train}
+    parts.update({f"set_{name}": feats for name, feats in data.ood_sets.items()})
+    for key, feats in parts.items():
+        if feats is not None:
+            for field in ("embeddings", "logits", "probs", "pixels"):
+                arrays[f"{key}.{field}"] = getattr(feats, field)
+    np.savez(path, **arrays)
+
+
+def load_data(path: Path) -> tuple[fitting.OODData, str]:
+    from ml.ood import OODFeatures
+
+    with np.load(path) as stored:
+        def part(key: str):
+            if f"{key}.embeddings" not in stored:
+                return None
+            return OODFeatures(*(stored[f"{key}.{f}"] for f in ("embeddings", "logits", "probs", "pixels")))
+
+        names = sorted({k.split(".")[0][4:] for k in stored.files if k.startswith("set_")},
+                       key=lambda n: (n == "synthetic_noise", n))
+        data = fitting.OODData(part("train"), stored["train_labels"], part("val"), part("test"),
+                               {n: part(f"set_{n}") for n in names}, part("outlier_train"))
+        return data, str(stored["model"])
+
+
 def report(summary: dict, model: str, archive: str, seconds: float) -> dict:
     """Print the table and return the JSON summary line's content."""
     from ml.ood.evaluate import markdown_table
@@ -131,12 +159,15 @@ def main() -> None:
     parser.add_argument("--quick-train", action="store_true", help="train a small model here when none exists")
     parser.add_argument("--per-class", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--features", type=Path, help="cache: reuse this npz of features, or write it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(ood_eval_archive=args.archive)
     start = time.perf_counter()
-    run_id = args.run_id or (None if args.quick_train else champion_run(settings))
-    if run_id:
+    run_id = args.run_id or (None if args.quick_train or args.features else champion_run(settings))
+    if args.features and args.features.is_file():
+        data, model = load_data(args.features)
+    elif run_id:
         data, model = data_from_run(settings, run_id)
     elif args.quick_train:
         data, model = quick_model(settings, args.per_class, args.epochs)
@@ -144,6 +175,8 @@ def main() -> None:
         print(json.dumps({"bench": "ood", "status": "no trained model: pass --run-id, register a champion, "
                           "or use --quick-train"}))
         return
+    if args.features and not args.features.is_file():
+        save_data(data, model, args.features)
     _, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
     print(json.dumps(report(summary, model, args.archive, time.perf_counter() - start)))
 

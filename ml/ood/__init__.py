@@ -2,12 +2,18 @@
 
 from ml.ood.base import OODDetector, OODFeatures, OODResult
 from ml.ood.catalog import make_detectors, pick_default
-from ml.ood.detectors import EnergyDetector, KNNDetector, MahalanobisDetector, MSPDetector
+from ml.ood.detectors import (
+    EnergyDetector,
+    KNNDetector,
+    MahalanobisDetector,
+    MSPDetector,
+    ViMDetector,
+)
 from ml.ood.forests import IsolationForestDetector, OtherClassDetector
 from ml.ood.persist import load_default_detector, load_detector, load_summary, save_detectors
 
 __all__ = [
     "EnergyDetector", "IsolationForestDetector", "KNNDetector", "MSPDetector", "MahalanobisDetector",
-    "OODDetector", "OODFeatures", "OODResult", "OtherClassDetector", "load_default_detector",
+    "OODDetector", "OODFeatures", "OODResult", "OtherClassDetector", "ViMDetector", "load_default_detector",
     "load_detector", "load_summary", "make_detectors", "pick_default", "save_detectors",
 ]

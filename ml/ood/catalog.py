@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from ml.ood.base import OODDetector
-from ml.ood.detectors import EnergyDetector, KNNDetector, MahalanobisDetector, MSPDetector
+from ml.ood.detectors import (
+    EnergyDetector,
+    KNNDetector,
+    MahalanobisDetector,
+    MSPDetector,
+    ViMDetector,
+)
 from ml.ood.forests import IsolationForestDetector, OtherClassDetector
 
 # Simplest / fastest first: on an AUROC tie the earlier one becomes the default.
-SIMPLICITY = ("msp", "energy", "mahalanobis", "knn", "isolation_forest", "iforest_global",
+SIMPLICITY = ("msp", "energy", "mahalanobis", "vim", "knn", "isolation_forest", "iforest_global",
               "iforest_all", "other_class", "iforest_pixels")
 # AUROC differences below this are noise at a few thousand evaluation images.
 AUROC_TIE = 0.005
@@ -22,6 +28,7 @@ def make_detectors(seed: int = 0, include_other: bool = True) -> dict[str, OODDe
         "iforest_all": IsolationForestDetector("iforest_all", correct_only=False, seed=seed),
         "knn": KNNDetector(seed=seed),
         "mahalanobis": MahalanobisDetector(),
+        "vim": ViMDetector(seed=seed),
         "energy": EnergyDetector(),
         "msp": MSPDetector(),
     }

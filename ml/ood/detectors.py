@@ -105,3 +105,36 @@ class MahalanobisDetector(OODDetector):
         cross = projected @ self.means_.T
         mean_quad = np.einsum("cd,cd->c", self.means_ @ self.precision_, self.means_)[None, :]
         return (quad - 2 * cross + mean_quad).min(axis=1)
+
+
+class ViMDetector(OODDetector):
+    """Virtual-logit matching (Wang et al. 2022): feature residual off the principal subspace plus energy.
+
+    The logits layer (W, b) is recovered from embeddings and logits by least squares, which is
+    exact for a dense head, so the detector needs no access to the Keras model.
+    """
+
+    name = "vim"
+
+    def __init__(self, principal_fraction: float = 0.5, max_train: int = 20000, seed: int = 0):
+        self.principal_fraction, self.max_train, self.seed = principal_fraction, max_train, seed
+
+    def fit(self, features: OODFeatures, labels: np.ndarray) -> ViMDetector:
+        rows = _subsample(len(features), self.max_train, self.seed)
+        x, logits = features.embeddings[rows].astype(np.float64), features.logits[rows].astype(np.float64)
+        weights_bias = np.linalg.lstsq(np.c_[x, np.ones(len(x))], logits, rcond=None)[0]
+        w, b = weights_bias[:-1], weights_bias[-1]
+        self.origin_ = -np.linalg.pinv(w.T) @ b  # the point whose logits are all zero
+        centred = x - self.origin_
+        eigvals, eigvecs = np.linalg.eigh(centred.T @ centred / len(x))
+        keep = max(1, int(round(self.principal_fraction * x.shape[1])))
+        self.null_space_ = eigvecs[:, np.argsort(eigvals)[::-1][keep:]]
+        residual = np.linalg.norm(centred @ self.null_space_, axis=1)
+        # alpha matches the residual's scale to the logits' so neither term dominates by units alone.
+        self.alpha_ = float(logits.max(axis=1).mean() / max(residual.mean(), 1e-12))
+        return self
+
+    def score_samples(self, features: OODFeatures) -> np.ndarray:
+        centred = features.embeddings.astype(np.float64) - self.origin_
+        virtual = self.alpha_ * np.linalg.norm(centred @ self.null_space_, axis=1)
+        return virtual - logsumexp(features.logits.astype(np.float64), axis=1)
