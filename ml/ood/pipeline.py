@@ -66,7 +66,10 @@ def outlier_sets(settings: Settings, predictor) -> tuple[dict[str, OODFeatures],
     """Evaluation sets and the part of the outliers kept out of them for the 'other' class."""
     sets, train_parts = {}, []
     sources = []
-    if settings.ood_eval_archive:
+    if settings.ood_eval_archive and not Path(settings.ood_eval_archive).exists():
+        log.warning("OOD: VISIONLOOP_OOD_EVAL_ARCHIVE=%s does not exist; evaluating without it",
+                    settings.ood_eval_archive)
+    elif settings.ood_eval_archive:
         sources.append(("ood_archive", load_outlier_images(settings.ood_eval_archive)))
     cifar = cifar100_outliers(settings)
     if cifar is not None:
