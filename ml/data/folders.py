@@ -9,14 +9,19 @@ reported and skipped. Archives are read as a stream, member by member.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tarfile
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from ml.data.base import DataError, Loaded, Source, class_index
 from ml.data.decode import Item, decode_items
+from ml.data.tarstream import UnsupportedTar, iter_tar
+
+log = logging.getLogger(__name__)
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 IGNORED_PARTS = ("__MACOSX",)  # resource forks macOS puts into zips
@@ -89,17 +94,32 @@ class FolderSource(Source):
         out.skipped.extend((p, "not in a <class>/ folder") for p in misplaced)
         return out
 
+    def _tar_members(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
+        """Members of a tar archive, streamed: the fast reader, or tarfile where it gives up."""
+        done = 0
+        try:
+            try:
+                for path, data in iter_tar(self.path):
+                    done += 1
+                    yield path, lambda data=data: data
+                return
+            except UnsupportedTar as exc:
+                log.info("%s: %s; reading it with tarfile", self.path, exc)
+            # "r|*" streams: one member in memory at a time, and no seeking back in a .gz.
+            with tarfile.open(self.path, "r|*") as archive:
+                members = (m for m in archive if m.isfile())
+                for member in islice(members, done, None):  # skip what the fast reader yielded
+                    yield member.name, lambda member=member: archive.extractfile(member).read()
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            raise DataError(f"data source {self.name}: cannot read the archive ({exc})") from None
+
     def _members(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
         """(path inside the source, a function that reads its bytes), in a stable order."""
         if self.path.is_dir():
             for file in self._files():
                 yield file.relative_to(self.path).as_posix(), file.read_bytes
         elif self._is_tar():
-            # "r|*" streams: one member in memory at a time, and no seeking back in a .gz.
-            with tarfile.open(self.path, "r|*") as archive:
-                for member in archive:
-                    if member.isfile():  # the reader is called before the stream moves on
-                        yield member.name, lambda member=member: archive.extractfile(member).read()
+            yield from self._tar_members()
         elif zipfile.is_zipfile(self.path):
             with zipfile.ZipFile(self.path) as archive:
                 for info in archive.infolist():
