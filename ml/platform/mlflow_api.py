@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import httpx
 
-# Keras logs these per epoch; the first one present counts the epochs done.
-EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+# ml.train logs Keras' per-epoch logs as epoch_<name>; the first one present counts the epochs done.
+EPOCH_METRICS = ("epoch_val_accuracy", "epoch_accuracy", "epoch_loss", "epoch_val_loss")
 
 
 def champion_version(tracking_uri: str, model_name: str, alias: str = "champion") -> str | None:
@@ -56,4 +56,4 @@ def epoch_progress(tracking_uri: str, run: dict) -> str:
         return ""
     total = params.get("epochs")
     of = f"/{total}" if total else ""
-    return f"epoch {done}{of}, {key} {metrics[key]['value']:.3f}"
+    return f"epoch {done}{of}, {key.removeprefix('epoch_')} {metrics[key]['value']:.3f}"
