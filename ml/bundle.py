@@ -90,11 +90,12 @@ class ServingBundle:
             means = np.full((len(self.classes), hists.shape[1]), 1.0 / hists.shape[1])
         distances = imaging.histogram_distance(hists, means, class_ids)
         entropies = imaging.pixel_entropy(images)
+        rounded = np.round(probs.astype(np.float64), 6).tolist()  # once per batch: short JSON, same ranking
         results = []
         for i, cid in enumerate(class_ids):
             results.append({
-                "label": self.classes[cid], "class_id": int(cid), "confidence": float(probs[i, cid]),
-                "probabilities": probs[i].tolist(), "is_ood": bool(ood.is_ood[i]),
+                "label": self.classes[cid], "class_id": int(cid), "confidence": rounded[i][cid],
+                "probabilities": rounded[i], "is_ood": bool(ood.is_ood[i]),
                 "ood_score": float(ood.scores[i]), "ood_threshold": float(ood.thresholds[i]),
                 "ood_detector": ood.detector, "pixel_entropy": float(entropies[i]),
                 "hist_distance": float(distances[i]), "embedding": emb[i],
@@ -398,8 +399,7 @@ class ClassifyWorker:
             self.metrics.ood.inc()
         body = {
             "request_id": request_id, "model_version": bundle.version, "label": res["label"],
-            "confidence": round(res["confidence"], 6),
-            "probabilities": {c: round(p, 6) for c, p in zip(bundle.classes, res["probabilities"])},
+            "confidence": res["confidence"], "probabilities": dict(zip(bundle.classes, res["probabilities"])),
             "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
             "ood_threshold": round(res["ood_threshold"], 6),
             "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
