@@ -15,7 +15,6 @@ size -> detection rate).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tarfile

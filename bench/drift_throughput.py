@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,7 +73,7 @@ def main() -> None:
         classes = list(settings.classes)
         synthetic.pack(classes, dim=args.dim).save(settings.home / "cache" / "reference" / "1")
         recs = synthetic.records(args.requests, classes, seed=1, dim=args.dim)
-        keys = synthetic.write_batches(store, recs, datetime(2026, 3, 1, 9, tzinfo=timezone.utc))
+        keys = synthetic.write_batches(store, recs, datetime(2026, 3, 1, 9, tzinfo=UTC))
         fresh_run(settings, store)  # warm-up: imports (scipy, sklearn) and connection pool
         result, concurrent_s = fresh_run(settings, store)
 

@@ -14,10 +14,9 @@ which schedules `dataset_build` (feedback images included), which schedules
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
-
 from visionloop_assets import RETRAIN_REQUEST
 
 # Parsed every 30 s by the scheduler: read the schedule from the environment, import nothing heavy.
@@ -27,7 +26,7 @@ _SCHEDULE = os.environ.get("VISIONLOOP_DRIFT_SCHEDULE", "@hourly")
 @dag(
     dag_id="drift_monitoring",
     schedule=None if _SCHEDULE.lower() == "none" else _SCHEDULE,
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # two windows at once would race on the watermark
     doc_md=__doc__,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ml import layout
 from ml.config import Settings
@@ -50,7 +50,7 @@ def run_window(settings: Settings, now: datetime | None = None, log_to_mlflow: b
     version with too few of them while another version is tested are counted
     but not tested (the tail of a version being replaced).
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     store = open_store(settings)
     watermark = Watermark.load(store)
     keys = watermark.pending(store)
@@ -62,7 +62,7 @@ def run_window(settings: Settings, now: datetime | None = None, log_to_mlflow: b
               sorted(by_version.items(), key=lambda item: -len(item[1])) if len(recs) >= settings.drift_min_window]
     primary = tested[0] if tested else {}
     result = {
-        "window_id": f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}", "created_at": now.isoformat(),
+        "window_id": f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}", "created_at": now.isoformat(),
         "verdict": _overall(tested), "n_records": len(records), "n_batches": len(keys),
         "alpha": settings.drift_alpha, "min_window": settings.drift_min_window,
         "model_version": primary.get("model_version"), "signals": primary.get("signals", []),

@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,7 @@ def compute_and_log(settings: Settings, run_id: str) -> dict:
                                       list(settings.classes), expected_ood_rate(client, run_id, settings),
                                       seed=settings.seed)
     pack.meta.update(run_id=run_id, dataset_version=version,
-                     created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifacts(run_id, str(pack.save(tmp)), ARTIFACT_DIR)
     return {"artifact_path": ARTIFACT_DIR, "n": len(pack.confidence), "pca_dims": pack.pca_components.shape[0],

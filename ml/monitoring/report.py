@@ -44,7 +44,7 @@ def _figures(window: WindowData, reference: ReferencePack, history: list[dict]) 
               ("histogram distance", reference.hist_distance, window.hist_distance),
               ("embedding PCA 1", reference.embeddings_pca[:, 0], current_pca)]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, (title, ref, cur) in zip(axes, panels):
+    for ax, (title, ref, cur) in zip(axes, panels, strict=True):
         bins = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=30)
         ax.hist(ref, bins=bins, density=True, alpha=0.5, label="reference")
         ax.hist(cur, bins=bins, density=True, alpha=0.5, label="window")
@@ -62,7 +62,7 @@ def _figures(window: WindowData, reference: ReferencePack, history: list[dict]) 
     fig, axes = plt.subplots(1, 2, figsize=(16, 4))
     pos = np.arange(len(classes))
     for ax, (title, ref, cur) in zip(axes, [("prediction share", ref_share, cur_share),
-                                            ("mean confidence", ref_conf, cur_conf)]):
+                                            ("mean confidence", ref_conf, cur_conf)], strict=True):
         ax.bar(pos - 0.2, ref, 0.4, label="reference")
         ax.bar(pos + 0.2, cur, 0.4, label="window")
         ax.set_xticks(pos, classes, rotation=60, ha="right", fontsize=8)
@@ -72,7 +72,7 @@ def _figures(window: WindowData, reference: ReferencePack, history: list[dict]) 
     figures["per_class.png"] = fig
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 3.5))
-    for ax, key in zip(axes, ("mean_confidence", "mean_entropy", "mean_hist_distance")):
+    for ax, key in zip(axes, ("mean_confidence", "mean_entropy", "mean_hist_distance"), strict=True):
         values = [row.get(key, np.nan) for row in history]
         ax.plot(range(len(values)), values, marker="o")
         ax.set_title(f"{key} over the last windows")

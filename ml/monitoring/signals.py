@@ -6,8 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml.monitoring.detectors import (ChiSquareDetector, DriftResult, KSDetector, MultiKSDetector, RateDetector,
-                                     holm_adjust)
+from ml.monitoring.detectors import (
+    ChiSquareDetector,
+    DriftResult,
+    KSDetector,
+    MultiKSDetector,
+    RateDetector,
+    holm_adjust,
+)
 from ml.monitoring.reference import ReferencePack
 from ml.records import RequestRecord
 
@@ -89,9 +95,9 @@ def verdict(results: list[DriftResult], alpha: float, n: int, min_window: int,
     if n < min_window:
         return INSUFFICIENT, [dict(r.to_dict(), tested=False, p_adjusted=None, drift=False) for r in results]
     tested = [r.name != "feedback_disagreement" or r.n >= min_feedback for r in results]
-    adjusted = iter(holm_adjust([r.p_value for r, t in zip(results, tested) if t]))
+    adjusted = iter(holm_adjust([r.p_value for r, t in zip(results, tested, strict=True) if t]))
     rows = []
-    for result, is_tested in zip(results, tested):
+    for result, is_tested in zip(results, tested, strict=True):
         p_adj = float(next(adjusted)) if is_tested else None
         rows.append(dict(result.to_dict(), tested=is_tested, p_adjusted=p_adj,
                          drift=bool(is_tested and p_adj < alpha)))

@@ -9,7 +9,7 @@ lower confidence, higher entropy and histogram distance, more OOD).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def records(n: int, classes: list[str], seed: int, shift: float = 0.0, model_ver
             start: datetime | None = None, dim: int = EMBED_DIM) -> list[RequestRecord]:
     """n RequestRecords one second apart from `start`."""
     out = outputs(n, len(classes), seed, shift, dim=dim)
-    start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = start or datetime(2026, 1, 1, tzinfo=UTC)
     return [RequestRecord(
         request_id=uuid.UUID(int=np.random.default_rng([seed, i]).integers(2**63)).hex,
         created_at=(start + timedelta(seconds=i)).isoformat(), model_version=model_version,

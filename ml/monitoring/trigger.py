@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ml import layout
 from ml.config import Settings
@@ -18,7 +18,7 @@ def _parse(stamp: str | None) -> datetime | None:
     if not stamp:
         return None
     when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def load_state(store: ObjectStore) -> dict:
@@ -39,9 +39,9 @@ def last_training_time(settings: Settings) -> datetime | None:
             runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
                                       max_results=1)
             if runs:
-                return datetime.fromtimestamp(runs[0].info.start_time / 1000, tz=timezone.utc)
+                return datetime.fromtimestamp(runs[0].info.start_time / 1000, tz=UTC)
         champion = client.get_model_version_by_alias(settings.model_name, "champion")
-        return datetime.fromtimestamp(champion.creation_timestamp / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(champion.creation_timestamp / 1000, tz=UTC)
     except Exception as exc:  # MLflow down or nothing trained yet: fall back to the trigger state
         log.warning("cannot read the last training time from MLflow (%s: %s)", type(exc).__name__, exc)
         return None
@@ -60,7 +60,7 @@ def corrections_since(store: ObjectStore, since: datetime | None) -> int:
 
 def decide_retrain(settings: Settings, drift_result: dict, now: datetime | None = None) -> dict:
     """Decide whether to request a retraining, and record the trigger (for the cooldown) when it does."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     store = open_store(settings)
     state = load_state(store)
     last_trigger = _parse(state.get("last_trigger_at"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ml import layout
 from ml.records import RequestRecord, utc_now_iso
@@ -26,7 +26,7 @@ READ_WORKERS = 16  # I/O bound: threads overlap round trips; MinioStore's pool h
 def batch_time(key: str) -> datetime:
     """Ship time embedded in a batch key `.../<shipped_ms>-<batch_id>.jsonl`."""
     millis = int(key.rsplit("/", 1)[1].split("-", 1)[0])
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
 
 
 def _time_key(when: datetime) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -45,7 +45,7 @@ def loop_env(airflow_db, mlflow_server, tmp_path, monkeypatch):
     settings = Settings.from_env()
     synthetic.pack(list(settings.classes)).save(settings.home / "cache" / "reference" / "7")
     records = synthetic.records(120, list(settings.classes), seed=4, shift=0.6, model_version="7")
-    synthetic.write_batches(open_store(settings), records, datetime(2026, 3, 1, 9, tzinfo=timezone.utc))
+    synthetic.write_batches(open_store(settings), records, datetime(2026, 3, 1, 9, tzinfo=UTC))
     return settings
 
 

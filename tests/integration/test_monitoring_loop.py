@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import types
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from tests.fixtures.data import write_tiny_snapshot
 from tests.unit.test_monitoring_window import check_exactly_once
 
 pytestmark = pytest.mark.integration
-T0 = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
 
 def test_watermark_exactly_once_on_s3(s3_settings):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from ml.monitoring import trigger
 from ml.records import FeedbackRecord
 from ml.storage import open_store
 
-NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 TRAINED = NOW - timedelta(days=3)
 NO_DRIFT = {"verdict": "no drift", "window_id": "w1", "signals": []}
 DRIFT = {"verdict": "drift", "window_id": "w2", "signals": [{"name": "confidence", "drift": True}]}

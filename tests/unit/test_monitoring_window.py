@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +13,7 @@ from ml.monitoring.window import Watermark, batch_time, read_batches
 from ml.storage import LocalStore, ObjectStore
 
 CLASSES = list(CIFAR10_CLASSES)
-T0 = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
 
 def consume(store: ObjectStore) -> list[str]:
@@ -87,4 +87,4 @@ def test_duplicate_request_ids_are_read_once(tmp_path):
 
 @pytest.mark.parametrize("key", ["requests/2026/03/01/10/1772359200000-abc.jsonl"])
 def test_batch_time_reads_the_ship_time(key):
-    assert batch_time(key) == datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
+    assert batch_time(key) == datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
