@@ -101,13 +101,14 @@ def build_data(settings: Settings, store: ObjectStore, version: str, predictor) 
 
 def write_bundle(out: Path, detectors: dict, summary: dict, data: fitting.OODData, ids: list[str]) -> None:
     """bundle/ood/, bundle/similarity/index.npz and bundle/imagenet/mapping.txt under out."""
-    from ml.imagenet import MAPPING_PATH
+    from ml.imagenet import CLASSES_PATH, MAPPING_PATH
     from ml.similarity import SimilarityIndex
 
     save_detectors(out / "ood", detectors, summary)
     SimilarityIndex().fit(data.train.embeddings, data.train_labels, ids).save(out / "similarity" / "index.npz")
     (out / "imagenet").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MAPPING_PATH, out / "imagenet" / "mapping.txt")
+    shutil.copyfile(CLASSES_PATH, out / "imagenet" / CLASSES_PATH.name)  # the 1,000-class order it refers to
 
 
 def log_evaluation(client, run_id: str, detectors: dict, summary: dict, data: fitting.OODData, out: Path) -> None:
