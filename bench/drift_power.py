@@ -157,7 +157,7 @@ class Judge:
                 for name, sizes in self.hits.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", help="training run (default: the registered champion)")
     parser.add_argument("--windows", type=int, default=50, help="windows per shifted setting and size")
@@ -166,85 +166,96 @@ def main() -> None:
     parser.add_argument("--ood-archive", default=str(REPO.parent / "shared" / "datasets" / "ood_dev.tar.gz"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mmd-windows", type=int, default=10, help="windows per setting at size 200 for KS vs MMD")
-    args = parser.parse_args()
-    started = time.perf_counter()
-    settings = Settings.from_env()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rng = np.random.default_rng(args.seed)
+    return parser.parse_args()
 
+
+def build_sets(settings: Settings, run_id: str, ood_archive: Path, rng: np.random.Generator) -> dict:
+    """Reference pack from half A of the validation split; features of half B, its corruptions and OOD."""
     import mlflow
 
     from ml.inference import Predictor
     from ml.model import load_run_model
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    run_id = resolve_run(settings, args.run_id)
     version = mlflow.MlflowClient().get_run(run_id).data.params["dataset_version"]
     store = open_store(settings)
-    x_val = store.get_array(layout.dataset_array(version, "val", "x"))
-    y_val = store.get_array(layout.dataset_array(version, "val", "y"))
-    x_train = store.get_array(layout.dataset_array(version, "train", "x"))
-    y_train = store.get_array(layout.dataset_array(version, "train", "y"))
-    class_hists = imaging.class_mean_histograms(x_train, y_train, len(settings.classes))
-    del x_train
+    x_val, y_val, y_train = (store.get_array(layout.dataset_array(version, split, name))
+                             for split, name in (("val", "x"), ("val", "y"), ("train", "y")))
+    class_hists = imaging.class_mean_histograms(store.get_array(layout.dataset_array(version, "train", "x")),
+                                                y_train, len(settings.classes))
     order = rng.permutation(len(x_val))
     part_a, part_b = order[: len(order) // 2], order[len(order) // 2:]
     predictor, gate = Predictor(load_run_model(run_id)), ood_gate(run_id)
-
-    ref = featurize(predictor, x_val[part_a], class_hists, gate, None if gate else -1.0)
+    ref = featurize(predictor, x_val[part_a], class_hists, gate, -1.0)
     conf_cut = None if gate else float(np.quantile(ref["confidence"], 1 - settings.ood_target_tpr))
     if not gate:
         ref["is_ood"] = ref["confidence"] < conf_cut
     pack = ReferencePack.from_outputs(x_val[part_a], y_val[part_a], ref["probs"], ref["out"].embeddings,
                                       class_hists, list(settings.classes), float(ref["is_ood"].mean()))
-    x_b, y_b = x_val[part_b], y_val[part_b]
-    clean = featurize(predictor, x_b, class_hists, gate, conf_cut)
-    shifted = {f"{kind}_{sev}": featurize(predictor, corrupt(x_b, kind, sev, rng), class_hists, gate, conf_cut)
-               for kind in SEVERITY for sev in range(1, 6)}
-    ood = featurize(predictor, ood_images(Path(args.ood_archive)), class_hists, gate, conf_cut)
-    features_s = time.perf_counter() - started
+    x_b = x_val[part_b]
+    return {"version": version, "pack": pack, "ref": ref, "y_b": y_val[part_b], "gate": gate,
+            "clean": featurize(predictor, x_b, class_hists, gate, conf_cut),
+            "shifted": {f"{kind}_{sev}": featurize(predictor, corrupt(x_b, kind, sev, rng), class_hists, gate,
+                                                   conf_cut) for kind in SEVERITY for sev in range(1, 6)},
+            "ood": featurize(predictor, ood_images(ood_archive), class_hists, gate, conf_cut)}
 
-    judge = Judge(pack, ref["pixel_mean"], settings.drift_alpha)
-    boosted = rng.choice(len(settings.classes), size=3, replace=False)
+
+def simulate(judge: Judge, sets: dict, sizes: list[int], args: argparse.Namespace, rng: np.random.Generator) -> None:
+    """Sample windows from the precomputed features and judge each one."""
+    clean, ood, y_b = sets["clean"], sets["ood"], sets["y_b"]
+    n_b, n_ood = len(y_b), len(ood["confidence"])
+    boosted = rng.choice(len(judge.pack.classes), size=3, replace=False)
     prior = np.where(np.isin(y_b, boosted), 4.0, 1.0)
     prior /= prior.sum()
     for size in sizes:
-        if size > len(x_b):
-            print(f"skipping window size {size}: only {len(x_b)} clean images", file=sys.stderr)
+        if size > n_b:
+            print(f"skipping window size {size}: only {n_b} clean images", file=sys.stderr)
             continue
         for _ in range(args.clean_windows):
-            judge.judge("clean", size, *window([(clean, rng.choice(len(x_b), size, replace=False))]))
+            judge.judge("clean", size, *window([(clean, rng.choice(n_b, size, replace=False))]))
         for i in range(args.windows):
-            compare = size == 200 and i < args.mmd_windows
-            for name, feats in [("clean", clean), *shifted.items()]:
-                data, pixel_mean = window([(feats, rng.choice(len(x_b), size, replace=False))])
+            for name, feats in [("clean", clean), *sets["shifted"].items()]:
+                data, pixel_mean = window([(feats, rng.choice(n_b, size, replace=False))])
                 if name != "clean":
                     judge.judge(name, size, data, pixel_mean)
-                if compare:
+                if size == 200 and i < args.mmd_windows:
                     judge.compare_embedding_tests(name, data)
-            judge.judge("class_prior", size, *window([(clean, rng.choice(len(x_b), size, replace=False, p=prior))]))
+            judge.judge("class_prior", size, *window([(clean, rng.choice(n_b, size, replace=False, p=prior))]))
             for frac in OOD_FRACTIONS:
                 k = int(round(frac * size))
-                parts = [(clean, rng.choice(len(x_b), size - k, replace=False)),
-                         (ood, rng.choice(len(ood["confidence"]), k, replace=k > len(ood["confidence"])))]
+                parts = [(clean, rng.choice(n_b, size - k, replace=False)),
+                         (ood, rng.choice(n_ood, k, replace=k > n_ood))]
                 judge.judge(f"ood_{int(frac * 100)}pct", size, *window(parts))
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    settings = Settings.from_env()
+    rng = np.random.default_rng(args.seed)
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    run_id = resolve_run(settings, args.run_id)
+    sets = build_sets(settings, run_id, Path(args.ood_archive), rng)
+    features_s = time.perf_counter() - started
+    judge = Judge(sets["pack"], sets["ref"]["pixel_mean"], settings.drift_alpha)
+    simulate(judge, sets, [int(s) for s in args.sizes.split(",")], args, rng)
     detection, baseline = judge.rates("drift"), judge.rates("baseline")
     false_alarm = detection.pop("clean")
-    per_signal = {name: {sig: round(hits / t[200]["n"], 3) for sig, hits in t[200]["signals"].items()}
-                  for name, t in judge.hits.items() if 200 in t}
-    summary = {"run_id": run_id, "dataset_version": version, "val_accuracy": pack.meta["val_accuracy"],
-               "reference_images": len(part_a), "clean_images": len(part_b), "ood_images": len(ood["confidence"]),
-               "ood_gate": "bundle/ood default detector" if gate else "max-softmax at the target TPR",
-               "alpha": settings.drift_alpha, "false_alarm_rate": false_alarm, "power": detection,
+    mmd = {"rates": {k: {m: round(v[m] / v["n"], 3) for m in ("ks_pca", "mmd")} for k, v in judge.mmd_hits.items()},
+           "seconds_per_window": {m: round(judge.seconds[m] / max(judge.seconds[f"{m}_n"], 1), 4)
+                                  for m in ("ks_pca", "mmd")}}
+    summary = {"run_id": run_id, "dataset_version": sets["version"], "val_accuracy": sets["pack"].meta["val_accuracy"],
+               "reference_images": len(sets["ref"]["confidence"]), "clean_images": len(sets["y_b"]),
+               "ood_images": len(sets["ood"]["confidence"]), "alpha": settings.drift_alpha,
+               "ood_gate": "bundle/ood default detector" if sets["gate"] else "max-softmax at the target TPR",
+               "false_alarm_rate": false_alarm, "power": detection,
                "baseline_pixel_mean_ks": {"false_alarm_rate": baseline.pop("clean"), "power": baseline},
-               "power_by_signal_at_200": per_signal,
-               "embedding_test_at_200": {"rates": {k: {m: round(v[m] / v["n"], 3) for m in ("ks_pca", "mmd")}
-                                                   for k, v in judge.mmd_hits.items()},
-                                         "seconds_per_window": {m: round(judge.seconds[m] / max(judge.seconds[f"{m}_n"], 1), 4)
-                                                                for m in ("ks_pca", "mmd")}}, "features_s": round(features_s, 1),
+               "power_by_signal_at_200": {name: {sig: round(hits / t[200]["n"], 3) for sig, hits in
+                                                 t[200]["signals"].items()} for name, t in judge.hits.items() if 200 in t},
+               "embedding_test_at_200": mmd, "features_s": round(features_s, 1),
                "total_s": round(time.perf_counter() - started, 1)}
-    for name in ["clean", *detection]:
-        rates = false_alarm if name == "clean" else detection[name]
+    for name, rates in [("clean", false_alarm), *detection.items()]:
         print(f"{name:<18} " + "  ".join(f"n={s}: {r:.2f}" for s, r in rates.items()), file=sys.stderr)
     print(json.dumps(summary))
 
