@@ -88,31 +88,34 @@ def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, ta
             seed: int) -> tuple[dict[str, SplitArrays], np.ndarray]:
     """Splits with train topped up to `target` per class, and the synthetic count per class."""
     splits = split_indices(y, n_classes, seed)
-    totals = np.bincount(y, minlength=n_classes)
-    rng = np.random.default_rng([seed, 1])
+    deficits = np.maximum(target - np.bincount(y, minlength=n_classes), 0)
     train = splits["train"]
-    xs, ys, srcs, synthetic = [take(x, train)], [y[train]], [source[train]], np.zeros(n_classes, np.int64)
-    for c in range(n_classes):
-        deficit = int(target - totals[c])
+    deficits[np.bincount(y[train], minlength=n_classes) == 0] = 0  # nothing to rotate
+    # One allocation for train: real rows first, then the copies, then an in-place shuffle.
+    n_real, n_all = len(train), len(train) + int(deficits.sum())
+    out = SplitArrays(np.empty((n_all, *x.shape[1:]), np.uint8),
+                      np.concatenate([y[train], np.repeat(np.arange(n_classes), deficits)]),
+                      np.arange(n_all) >= n_real, np.empty(n_all, np.int16))
+    np.take(x, train, axis=0, out=out.x[:n_real], mode="clip")  # "clip": no hidden buffer copy
+    out.source[:n_real] = source[train]
+    rng, start = np.random.default_rng([seed, 1]), n_real
+    for c in np.flatnonzero(deficits):
         members = train[y[train] == c]
-        if deficit <= 0 or len(members) == 0:
-            continue
-        copies, origin = rotated_copies(take(x, members), deficit, rng)
-        xs.append(copies)
-        ys.append(np.full(deficit, c, dtype=np.int64))
-        srcs.append(source[members][origin])
-        synthetic[c] = deficit
-    n_real = len(train)
-    out = {"train": _shuffled(np.concatenate(xs), np.concatenate(ys), np.concatenate(srcs), n_real, seed)}
+        copies, origin = rotated_copies(take(x, members), int(deficits[c]), rng)
+        out.x[start:start + len(copies)] = copies
+        out.source[start:start + len(copies)] = source[members][origin]
+        start += len(copies)
+    result = {"train": _shuffled(out, seed)}
     for name in ("val", "test"):
         idx = splits[name]
-        out[name] = _shuffled(take(x, idx), y[idx], source[idx], len(idx), seed)
-    return out, synthetic
+        held_out = SplitArrays(take(x, idx), y[idx], np.zeros(len(idx), bool), source[idx])
+        result[name] = _shuffled(held_out, seed)
+    return result, deficits.astype(np.int64)
 
 
-def _shuffled(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_real: int, seed: int) -> SplitArrays:
-    """A seeded permutation, so a reader that takes the first N images gets every class."""
-    flags = np.arange(len(y)) >= n_real
-    order = np.random.default_rng([seed, 2, len(y)]).permutation(len(y))
-    return SplitArrays(take(x, order), y[order].astype(np.int64), flags[order],
-                       source[order].astype(np.int16))
+def _shuffled(arrays: SplitArrays, seed: int) -> SplitArrays:
+    """Shuffle in place with one seeded order, so a reader taking the first N images gets every class."""
+    for array in (arrays.x, arrays.y, arrays.synthetic, arrays.source):
+        np.random.default_rng([seed, 2, len(array)]).shuffle(array)  # same seed, same permutation
+    arrays.y, arrays.source = arrays.y.astype(np.int64), arrays.source.astype(np.int16)
+    return arrays
