@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from ml.config import Settings
@@ -141,3 +142,13 @@ def test_training_without_promotion_says_the_gate_refused(watch):
                                "training_pipeline": [run("t1", "success", queued=T2)]}])
     with pytest.raises(PlatformError, match="gate did not promote"):
         first_run.follow(watch(client), timeout_s=30)
+
+
+def test_epoch_progress_counts_logged_epochs(monkeypatch):
+    history = {"metrics": [{"key": "epoch_val_accuracy", "value": v, "step": i} for i, v in enumerate((0.5, 0.7))]}
+    monkeypatch.setattr(mlflow_api.httpx, "get", lambda *a, **k: httpx.Response(200, json=history))
+    run_json = {"info": {"run_id": "r1"}, "data": {
+        "metrics": [{"key": "epoch_loss", "value": 0.9}, {"key": "epoch_val_accuracy", "value": 0.7}],
+        "params": [{"key": "epochs", "value": "20"}]}}
+    assert mlflow_api.epoch_progress("http://mlflow", run_json) == "epoch 2/20, val_accuracy 0.700"
+    assert mlflow_api.epoch_progress("http://mlflow", {"info": {"run_id": "r1"}, "data": {}}) == ""
