@@ -43,7 +43,7 @@ class ServingBundle:
 
     @classmethod
     def from_dir(cls, directory: str | Path, model: Any = None, version: str = "local",
-                 run_id: str = "", predictor: Any = None) -> ServingBundle:
+                 run_id: str = "", predictor: Any = None, imagenet: bool = True) -> ServingBundle:
         """Load `<directory>/bundle/` (the run artifact layout) and a Keras model (object or file)."""
         directory = Path(directory)
         bundle_dir = directory / "bundle" if (directory / "bundle").is_dir() else directory
@@ -60,7 +60,7 @@ class ServingBundle:
         return cls(version=str(version), run_id=run_id, classes=classes, predictor=predictor,
                    detector=_load_detector(bundle_dir / "ood"), index=_load_index(bundle_dir / "similarity"),
                    class_histograms=_load_histograms(bundle_dir / "reference", len(classes)),
-                   imagenet=_load_imagenet(bundle_dir / "imagenet"),
+                   imagenet=_load_imagenet(bundle_dir / "imagenet") if imagenet else None,
                    dataset_version=info.get("dataset_version", ""), root=directory, info=info)
 
     @classmethod
@@ -75,7 +75,8 @@ class ServingBundle:
         if not (target / "bundle" / "bundle.json").is_file():
             _download_bundle(mv.run_id, target)
         model = _load_registered_model(settings.model_name, str(mv.version), target)
-        return cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id)
+        return cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id,
+                            imagenet=settings.imagenet_enabled)
 
     def classify(self, images: np.ndarray) -> list[dict]:
         """Classify uint8 (N, 32, 32, 3) images: label, probabilities, OOD verdict, neighbours, stats."""

@@ -36,8 +36,9 @@ function showResult(data) {
   $("message").classList.toggle("ood", data.is_ood);
   $("imagenet").hidden = !data.imagenet;
   if (data.imagenet) {
-    const name = data.imagenet.imagenet_label || data.imagenet.label || JSON.stringify(data.imagenet);
-    $("imagenet").textContent = `ImageNet suggests: ${name}`;
+    const guess = data.imagenet;
+    const ours = guess.label ? ` (our class: ${guess.label.replaceAll("_", " ")})` : "";
+    $("imagenet").textContent = `A ResNet50 trained on ImageNet sees: ${guess.imagenet_label}${ours}`;
   }
   const list = $("probabilities");
   list.replaceChildren();
