@@ -343,7 +343,7 @@ class ClassifyWorker:
             except Exception:  # a bug must fail these requests, never the service
                 log.exception("classification failed")
                 outcomes = [Outcome(500, error_body("internal error while classifying"))] * len(batch)
-            for (_, future, loop), outcome in zip(batch, outcomes):
+            for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
             if stop:
                 break
@@ -371,7 +371,7 @@ class ClassifyWorker:
                 outcomes[i] = Outcome(422, error_body(str(exc)))
         if decoded:
             results = bundle.classify(np.stack([d[2] for d in decoded]))
-            for (i, image, _), result in zip(decoded, results):
+            for (i, image, _), result in zip(decoded, results, strict=True):
                 outcomes[i] = self._answer(bundle, blobs[i], image, result, start)
         self.metrics.backlog.set(self.requestlog.backlog())
         return outcomes
@@ -400,7 +400,7 @@ class ClassifyWorker:
             self.metrics.ood.inc()
         body = {
             "request_id": request_id, "model_version": bundle.version, "label": res["label"],
-            "confidence": res["confidence"], "probabilities": dict(zip(bundle.classes, res["probabilities"])),
+            "confidence": res["confidence"], "probabilities": dict(zip(bundle.classes, res["probabilities"], strict=True)),
             "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
             "ood_threshold": round(res["ood_threshold"], 6),
             "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ml import layout
@@ -75,7 +75,7 @@ class RequestLog:
 
     def log_request(self, record: RequestRecord, image: bytes, ext: str) -> None:
         """Spool one classified request and its original bytes before the response goes out."""
-        prefix = '{"kind":"request","ext":"%s","record":' % ext
+        prefix = f'{{"kind":"request","ext":"{ext}","record":'
         with self._lock:
             seq, offset, length = self.writer.append(prefix, _record_json(record), image)
             self.index.add(record.request_id, seq, offset, length, ext, record.label, record.model_version)
@@ -189,7 +189,7 @@ class RequestLog:
 
     def _seal(self, seq: int) -> None:
         """Fix the keys of one closed segment on disk; from here a retry reuses them."""
-        shipped_at = datetime.now(timezone.utc)
+        shipped_at = datetime.now(UTC)
         batch_id = uuid.uuid4().hex[:16]
         lines, images, feedback, keys = [], [], [], []
         for env in read_envelopes(self.writer.dir, seq):

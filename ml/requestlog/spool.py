@@ -173,7 +173,7 @@ class SpoolIndex:
         row = cursor.fetchone()
         if row is None:
             return None
-        return dict(zip([c[0] for c in cursor.description], row))
+        return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
     def commit(self) -> None:
         self.db.commit()

@@ -136,4 +136,6 @@ def test_classify_batch_and_pages(api):
     info = api.get("/model_info").json()
     assert info["model_version"] == "7" and info["ready"]
     assert api.get("/readyz").status_code == 200
-    assert json.loads(api.get("/docs.json").text)["paths"].get("/classify") is not None
+    paths = json.loads(api.get("/docs.json").text)["paths"]
+    assert {"/classify", "/classify_batch", "/feedback"} <= set(paths)
+    assert "swagger" in api.get("/docs").text.lower()
