@@ -1,0 +1,94 @@
+"""training_pipeline: house rules, task order, schedule, and a dag.test() run on tiny data.
+
+The dag.test() run replaces ml.ood.pipeline and ml.monitoring.reference with
+recording fakes (inserted into sys.modules): this test checks the DAG's wiring
+and the train/evaluate/gate stages; the real OOD and reference stages have
+their own tests and run together in tests/fixtures/pipeline.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+DAG_ID = "training_pipeline"
+ORDER = ["resolve_dataset", "train", "evaluate", "fit_ood", "reference", "gate", "publish_champion"]
+
+
+def load_dag(monkeypatch=None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import REPO
+
+    if str(REPO / "dags") not in sys.path:  # the DAG processor puts the DAGs folder on sys.path
+        sys.path.insert(0, str(REPO / "dags"))
+    bag = DagBag(dag_folder=str(REPO / "dags" / f"{DAG_ID}.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(DAG_ID)
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    return load_dag()
+
+
+def test_dag_follows_the_house_rules(dag):
+    assert "training" in dag.tags and dag.default_args["retries"] >= 1
+    assert not dag.catchup and dag.start_date.utcoffset().total_seconds() == 0
+    assert dag.doc_md and set(dag.params) == {"profile", "dataset_version"}
+
+
+def test_tasks_run_in_pipeline_order_and_only_the_last_emits_the_champion(dag):
+    for upstream, downstream in zip(ORDER, ORDER[1:]):
+        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+    assert [a.name for a in dag.get_task("publish_champion").outlets] == ["visionloop_champion"]
+
+
+def test_scheduled_on_the_dataset_or_weekly_and_the_time_part_can_be_switched_off(dag, airflow_db,
+                                                                                   monkeypatch):
+    assert "visionloop_dataset" in repr(dag.timetable.asset_condition)
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert dag.timetable.timetable.expression == "0 0 * * 0"  # @weekly
+    monkeypatch.setenv("VISIONLOOP_TRAIN_SCHEDULE", "none")
+    asset_only = load_dag()
+    assert type(asset_only.timetable).__name__ != "AssetOrTimeSchedule"
+    assert "visionloop_dataset" in repr(asset_only.timetable.asset_condition)
+
+
+def fake_stage(name: str, function: str, calls: list) -> types.ModuleType:
+    module = types.ModuleType(name)
+    setattr(module, function, lambda settings, run_id: calls.append((function, run_id)) or {})
+    return module
+
+
+def test_dag_trains_gates_and_announces_the_new_champion(dag, mlflow_server, tmp_path, monkeypatch):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    from ml import registry
+    from ml.config import Settings
+    from tests.fixtures.data import write_tiny_snapshot
+
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "ml.ood.pipeline", fake_stage("ml.ood.pipeline", "fit_and_log", calls))
+    monkeypatch.setitem(sys.modules, "ml.monitoring.reference",
+                        fake_stage("ml.monitoring.reference", "compute_and_log", calls))
+    for name, value in {"HOME": str(tmp_path / "home"), "PROFILE": "smoke", "MODEL_NAME": "dag-test",
+                        "EXPERIMENT": "dag-test", "GATE_MIN_ACCURACY": "0.0"}.items():
+        monkeypatch.setenv(f"VISIONLOOP_{name}", value)
+    for task in dag.tasks:  # fail at once instead of waiting out retry delays
+        monkeypatch.setattr(task, "retries", 0)
+    settings = Settings.from_env()
+    write_tiny_snapshot(settings, version="dagtiny1")
+
+    run = dag.test()
+    assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
+    version = registry.champion_version(settings)
+    assert version == "1"
+    run_id = registry.list_versions(settings)[0]["run_id"]
+    assert calls == [("fit_and_log", run_id), ("compute_and_log", run_id)]
+    with create_session() as session:
+        events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()
+    assert [e.extra.get("version") for e in events] == [version]
