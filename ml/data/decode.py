@@ -66,9 +66,11 @@ def decode_items(items: Iterable[Item], workers: int = 1, total: int | None = No
     return out
 
 
-def _map_ordered(chunks: Iterator[list[Item]], workers: int):
+def _map_ordered(chunks: Iterator[list[Item]],
+                 workers: int) -> Iterator[tuple[list[Item], tuple[np.ndarray, list[tuple[int, str]]]]]:
     """Yield (chunk, decode_chunk result) in input order; at most a few chunks in flight."""
-    if workers <= 1:
+    # A daemon process (e.g. a task in a Celery prefork worker) may not start children.
+    if workers <= 1 or multiprocessing.current_process().daemon:
         for chunk in chunks:
             yield chunk, decode_chunk([data for _, _, data in chunk])
         return
