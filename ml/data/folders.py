@@ -75,7 +75,7 @@ class FolderSource(Source):
 
     def load(self, classes: tuple[str, ...], workers: int = 1) -> Loaded:
         self.checksum()  # fails with a clear message if the path is missing
-        index, unknown, misplaced = class_index(classes), Counter(), []
+        index, unknown, skipped = class_index(classes), Counter(), []
 
         def items() -> Iterator[Item]:
             for path, read in self._members():
@@ -83,15 +83,21 @@ class FolderSource(Source):
                 if is_hidden(path):
                     continue
                 if label is None:
-                    misplaced.append(path)
-                elif label not in index:
+                    skipped.append((path, "not in a <class>/ folder"))
+                    continue
+                if label not in index:
                     unknown[label] += 1
-                else:
-                    yield path, index[label], read()
+                    continue
+                try:
+                    data = read()
+                except OSError as exc:  # unreadable file (permissions, I/O error): report, go on
+                    skipped.append((path, f"cannot read: {exc.strerror or exc}"))
+                    continue
+                yield path, index[label], data
 
         out = decode_items(items(), workers, desc=self.path.name)
         out.unknown_classes.update(unknown)
-        out.skipped.extend((p, "not in a <class>/ folder") for p in misplaced)
+        out.skipped.extend(skipped)
         return out
 
     def _tar_members(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
