@@ -90,7 +90,7 @@ class FolderSource(Source):
                     continue
                 try:
                     data = read()
-                except OSError as exc:  # unreadable file (permissions, I/O error): report, go on
+                except (OSError, EOFError, tarfile.TarError) as exc:  # unreadable: report, go on
                     skipped.append((path, f"cannot read: {exc.strerror or exc}"))
                     continue
                 yield path, index[label], data
