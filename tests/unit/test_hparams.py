@@ -1,0 +1,36 @@
+"""Training profiles: named, complete, and arch-aware."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml.config import PROFILES as CONFIG_PROFILES
+from ml.hparams import DEFAULT_ARCH, PROFILES, get_profile
+
+
+def test_every_configurable_profile_exists():
+    assert set(PROFILES) == set(CONFIG_PROFILES)
+
+
+def test_standard_is_the_default_arch_and_smoke_is_small():
+    assert get_profile("standard").arch == DEFAULT_ARCH
+    smoke, standard = get_profile("smoke"), get_profile("standard")
+    assert smoke.epochs <= 3 and smoke.width < standard.width and smoke.batch_size < standard.batch_size
+    assert get_profile("full").epochs > standard.epochs
+
+
+def test_seed_cnn_trains_with_its_reference_recipe():
+    hp = get_profile("standard", "seed_cnn")
+    assert (hp.arch, hp.optimizer, hp.label_smoothing) == ("seed_cnn", "adam", 0.0)
+    assert get_profile("smoke", "seed_cnn").arch == "seed_cnn"
+
+
+def test_params_are_flat_scalars_for_mlflow():
+    params = get_profile("standard").to_params()
+    assert all(isinstance(v, str | int | float | bool) for v in params.values())
+    assert {"arch", "epochs", "learning_rate", "seed"} <= set(params)
+
+
+def test_unknown_profile_names_the_choices():
+    with pytest.raises(ValueError, match="smoke, standard, full"):
+        get_profile("huge")
