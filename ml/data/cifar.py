@@ -21,7 +21,7 @@ CIFAR10_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",
 CIFAR100_BATCHES = ("train", "test")
 
 
-def _read_pickles(path: Path, wanted: tuple[str, ...]) -> dict[str, dict]:
+def read_pickles(path: Path, wanted: tuple[str, ...]) -> dict[str, dict]:
     """Unpickle the members whose base names are in wanted (md5 was checked, so the file is trusted)."""
     found: dict[str, dict] = {}
     with tarfile.open(path, "r:*") as archive:
@@ -35,7 +35,7 @@ def _read_pickles(path: Path, wanted: tuple[str, ...]) -> dict[str, dict]:
     return found
 
 
-def _images(rows: bytes | np.ndarray) -> np.ndarray:
+def rows_to_images(rows: bytes | np.ndarray) -> np.ndarray:
     """CIFAR rows are 3072 bytes, channel-major (R plane, G plane, B plane), to (N,32,32,3)."""
     return np.asarray(rows, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
 
@@ -68,7 +68,7 @@ class Cifar10Source(_CifarSource):
     default_url, default_md5 = CIFAR10_URL, CIFAR10_MD5
 
     def load(self, classes: tuple[str, ...], workers: int = 1) -> Loaded:
-        batches = _read_pickles(self.archive(), CIFAR10_BATCHES + ("batches.meta",))
+        batches = read_pickles(self.archive(), CIFAR10_BATCHES + ("batches.meta",))
         names = [n.decode() for n in batches["batches.meta"][b"label_names"]]
         index = class_index(classes)
         remap = np.array([index.get(n, -1) for n in names], dtype=np.int64)
@@ -77,7 +77,7 @@ class Cifar10Source(_CifarSource):
         for batch in CIFAR10_BATCHES:
             labels = remap[np.asarray(batches[batch][b"labels"], dtype=np.int64)]
             keep = labels >= 0
-            xs.append(_images(batches[batch][b"data"])[keep])
+            xs.append(rows_to_images(batches[batch][b"data"])[keep])
             ys.append(labels[keep])
         out.x, out.y = np.concatenate(xs), np.concatenate(ys)
         return out
@@ -90,7 +90,7 @@ class Cifar100Source(_CifarSource):
     default_url, default_md5 = CIFAR100_URL, CIFAR100_MD5
 
     def load(self, classes: tuple[str, ...], workers: int = 1) -> Loaded:
-        batches = _read_pickles(self.archive(), CIFAR100_BATCHES + ("meta",))
+        batches = read_pickles(self.archive(), CIFAR100_BATCHES + ("meta",))
         coarse = [n.decode() for n in batches["meta"][b"coarse_label_names"]]
         index = class_index(classes)
         remap = np.array([index.get(n, -1) for n in coarse], dtype=np.int64)
@@ -99,7 +99,7 @@ class Cifar100Source(_CifarSource):
         for batch in CIFAR100_BATCHES:
             labels = remap[np.asarray(batches[batch][b"coarse_labels"], dtype=np.int64)]
             keep = labels >= 0
-            xs.append(_images(batches[batch][b"data"])[keep])
+            xs.append(rows_to_images(batches[batch][b"data"])[keep])
             ys.append(labels[keep])
         out.x, out.y = np.concatenate(xs), np.concatenate(ys)
         wanted = [c for c in classes if c not in coarse and c not in CIFAR10_CLASSES]
@@ -107,3 +107,6 @@ class Cifar100Source(_CifarSource):
             out.notes.append(f"cifar100 has no superclass {', '.join(wanted)}; other sources must provide it")
         return out
 
+
+# Earlier private names, still imported by ml.ood.pipeline.
+_read_pickles, _images = read_pickles, rows_to_images
