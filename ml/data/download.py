@@ -30,7 +30,7 @@ def md5_of(path: Path) -> str:
 
 def cached_archive(url: str, md5: str, cache_dir: Path) -> Path:
     """The verified archive under cache_dir, downloading it first if it is not there."""
-    path = Path(cache_dir) / url.rstrip("/").rsplit("/", 1)[-1]
+    path = Path(cache_dir).absolute() / url.rstrip("/").rsplit("/", 1)[-1]  # absolute: users copy it
     if not path.exists():
         _download(url, md5, path)
     actual = md5_of(path)
