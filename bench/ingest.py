@@ -41,7 +41,7 @@ def one_build(workers: int) -> dict:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         peak_mb, workers_mb = me.ru_maxrss / 1024, kids.ru_maxrss / 1024
         # CPU seconds (this process + its decode workers): comparable even on a busy shared machine.
-        cpu_s = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        main_cpu_s, workers_cpu_s = me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
         started = time.perf_counter()
         reused = build_dataset(settings, workers=workers)
         reuse_s = time.perf_counter() - started
@@ -49,7 +49,8 @@ def one_build(workers: int) -> dict:
     return {"workers": workers, "version": result["version"], "images_in": manifest["images_in"],
             "images_out": manifest["images_out"], "synthetic": sum(manifest["synthetic"].values()),
             "duplicates": manifest["duplicates"], "seconds": round(seconds, 2),
-            "images_per_s": round(manifest["images_in"] / seconds, 1), "cpu_seconds": round(cpu_s, 2),
+            "images_per_s": round(manifest["images_in"] / seconds, 1), "cpu_seconds": round(main_cpu_s + workers_cpu_s, 2),
+            "main_cpu_seconds": round(main_cpu_s, 2), "workers_cpu_seconds": round(workers_cpu_s, 2),
             "peak_rss_mb": round(peak_mb, 1),
             "worker_peak_rss_mb": round(workers_mb, 1), "reuse_seconds": round(reuse_s, 3),
             "reused": reused["reused"]}
