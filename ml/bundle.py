@@ -153,8 +153,11 @@ class TrainingImages:
     """Reads single training images by dataset id, from a local memory-mapped copy of x.npy."""
 
     def __init__(self, store: Any, cache_dir: Path):
+        import threading
+
         self.store, self.cache_dir = store, Path(cache_dir)
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._lock = threading.Lock()  # the page asks for 4 images at once: download x.npy once
 
     def get(self, image_id: str) -> np.ndarray:
         """(32, 32, 3) uint8 for '<version>:<split>:<index>'; KeyError if unknown."""
@@ -168,6 +171,10 @@ class TrainingImages:
         return np.asarray(array[index])
 
     def _array(self, version: str, split: str) -> np.ndarray:
+        with self._lock:
+            return self._load(version, split)
+
+    def _load(self, version: str, split: str) -> np.ndarray:
         if (version, split) not in self._arrays:
             path = self.cache_dir / version / f"{split}_x.npy"
             if not path.is_file():

@@ -46,8 +46,11 @@ def test_upload_then_correct_via_a_similar_image(page_url, tmp_path):
             expect(page.locator("#probabilities li")).to_have_count(len(settings.classes))
             expect(page.locator("#version")).to_have_text("11")
             request_id = page.locator("#request-id").inner_text()
+            thumbs = page.locator("button.similar-choice img")
+            expect(thumbs).to_have_count(4)
+            page.wait_for_function("[...document.querySelectorAll('button.similar-choice img')]"
+                                   ".every(img => img.complete && img.naturalWidth === 128)", timeout=10_000)
             choice = page.locator("button.similar-choice").first
-            expect(choice.locator("img")).to_have_js_property("complete", True)
             label = choice.get_attribute("data-label")
             choice.click()
             expect(page.locator("#thanks")).to_contain_text("Thank you", timeout=10_000)

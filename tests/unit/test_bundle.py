@@ -56,3 +56,14 @@ def test_training_images_by_id(serving_bundle_dir, tmp_path):  # noqa: F811
 def test_sniff_format(fmt, expected):
     assert sniff_format(png_bytes(fmt=fmt)) == expected
     assert sniff_format(b"hello") == ("UNKNOWN", "bin")
+
+
+def test_training_images_concurrent_first_reads(serving_bundle_dir, tmp_path):  # noqa: F811
+    """The page asks for four images at once; the first download must happen once, not race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, settings = serving_bundle_dir
+    images = TrainingImages(open_store(settings), tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda i: images.get(f"serve0001:train:{i}").shape, range(8)))
+    assert shapes == [(32, 32, 3)] * 8
