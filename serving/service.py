@@ -67,7 +67,8 @@ class VisionLoop:
                 "VISIONLOOP_BUNDLE_VERSION", "local"))
         else:
             self._refresh()
-            threading.Thread(target=self._poll, name="alias-poll", daemon=True).start()
+        threading.Thread(target=self._housekeeping, args=(not bundle_dir,), name="housekeeping",
+                         daemon=True).start()
         self.worker.start()
 
     # -- model lifecycle ---------------------------------------------------------------------
@@ -87,9 +88,16 @@ class VisionLoop:
             log.exception("could not load champion version %s; still serving %s", version,
                           current and current.version)
 
-    def _poll(self) -> None:
-        while not self._stop.wait(self.settings.alias_poll_seconds):
-            self._refresh()
+    def _housekeeping(self, poll_alias: bool) -> None:
+        """Every second: the backlog gauge; every alias_poll_seconds: follow the champion alias."""
+        import time
+
+        next_poll = time.monotonic() + self.settings.alias_poll_seconds
+        while not self._stop.wait(1.0):
+            self.worker.metrics.backlog.set(self.requestlog.backlog())
+            if poll_alias and time.monotonic() >= next_poll:
+                self._refresh()
+                next_poll = time.monotonic() + self.settings.alias_poll_seconds
 
     def __is_ready__(self) -> bool:
         return self.worker.bundle is not None

@@ -55,6 +55,19 @@ def test_classify_answers_the_contract(api):
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (128, 128)
 
 
+def test_large_photo_within_the_byte_limit_is_accepted(api):
+    """Any pixel size is fine as long as the bytes fit the limit: a smooth 12-megapixel JPEG."""
+    import numpy as np
+
+    ramp = np.linspace(0, 255, 4000, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (3000, 1))] * 3, axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=50)
+    assert len(buffer.getvalue()) < 0.5 * 1024 * 1024
+    response = classify(api, buffer.getvalue(), "big.jpg", "image/jpeg")
+    assert response.status_code == 200, response.text
+
+
 def test_request_is_logged_with_its_original_bytes(api):
     data = png_bytes((50, 70), seed=3)
     request_id = classify(api, data).json()["request_id"]
