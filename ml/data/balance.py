@@ -5,7 +5,8 @@
 270 degrees) first, chosen at random without repeats; if a class needs more
 than three copies per train image, small-angle rotations (quarter turn plus
 5-15 degrees, centre-cropped to hide the corners, Lanczos back to 32x32)
-follow. Everything is seeded, so the same inputs give the same pixels.
+follow; past 27 copies per train image they repeat. Everything is seeded, so
+the same inputs give the same pixels.
 """
 
 from __future__ import annotations
