@@ -21,6 +21,7 @@ ARRAYS = ("x", "y", "synthetic", "source")
 CACHE_SPLITS = 6  # two snapshots' worth of splits
 _cache: OrderedDict[str, SplitArrays] = OrderedDict()
 _lock = threading.Lock()
+_loading: dict[str, threading.Lock] = {}  # one lock per split, so a split is fetched once
 
 
 def write_snapshot(store: ObjectStore, version: str, splits: dict[str, SplitArrays], manifest: dict) -> str:
@@ -51,9 +52,16 @@ def load_split(store: ObjectStore, version: str, split: str) -> SplitArrays:
     """x (N,32,32,3) uint8, y (N,) int64, synthetic (N,) bool, source (N,) int16; cached, read-only."""
     cache_key = store.uri(layout.dataset_array(version, split, "x"))
     with _lock:
-        if cache_key in _cache:
-            _cache.move_to_end(cache_key)
-            return _cache[cache_key]
+        key_lock = _loading.setdefault(cache_key, threading.Lock())
+    with key_lock:  # concurrent first reads (serving) download the split once
+        with _lock:
+            if cache_key in _cache:
+                _cache.move_to_end(cache_key)
+                return _cache[cache_key]
+        return _load(store, version, split, cache_key)
+
+
+def _load(store: ObjectStore, version: str, split: str, cache_key: str) -> SplitArrays:
     try:
         arrays = {name: store.get_array(layout.dataset_array(version, split, name)) for name in ARRAYS}
     except ObjectNotFound:

@@ -162,3 +162,16 @@ def test_moving_the_folder_keeps_the_version(tiny, tmp_path):
     moved = tree.rename(tmp_path / "moved")
     again = build_dataset(settings.with_(data_sources=(f"folder:{moved}",)), workers=1)
     assert again["version"] == first and again["reused"]
+
+
+def test_concurrent_first_reads_fetch_a_split_once(tiny_snapshot, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, version = tiny_snapshot.store, tiny_snapshot.version
+    calls = []
+    original = store.get_array
+    monkeypatch.setattr(store, "get_array", lambda key: calls.append(key) or original(key))
+    with ThreadPoolExecutor(4) as pool:
+        images = list(pool.map(lambda i: snapshot.read_image(store, f"{version}:test:{i}"), range(8)))
+    assert len(calls) == len(snapshot.ARRAYS)
+    np.testing.assert_array_equal(images[7], tiny_snapshot.arrays["test"][0][7])
