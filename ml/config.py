@@ -54,6 +54,11 @@ class Settings:
     # Data sources, comma separated: cifar10, cifar100, feedback, folder:<path or archive>.
     data_sources: tuple[str, ...] = ("cifar10", "cifar100", "feedback")
     cache_dir: Path | None = None  # downloads; default: <home>/cache
+    # Mirrors of the official CIFAR archives; empty means the official URL and checksum.
+    cifar10_url: str = ""
+    cifar10_md5: str = ""
+    cifar100_url: str = ""
+    cifar100_md5: str = ""
     class_target: int = 5000  # images per class after balancing
     seed: int = 1337
     # Training.

@@ -19,10 +19,10 @@ def resolve_source(spec: str | Source, settings: Settings, store: ObjectStore) -
     if isinstance(spec, Source):
         return spec
     spec = spec.strip()
-    extra = settings.extra  # optional archive overrides: cifar10_url, cifar10_md5, ...
     if spec in ("cifar10", "cifar100"):
         cls = Cifar10Source if spec == "cifar10" else Cifar100Source
-        return cls(settings.downloads_dir, extra.get(f"{spec}_url"), extra.get(f"{spec}_md5"))
+        url, md5 = getattr(settings, f"{spec}_url"), getattr(settings, f"{spec}_md5")
+        return cls(settings.downloads_dir, url or None, md5 or None)
     if spec == "feedback":
         return FeedbackSource(store)
     if spec.startswith("folder:") and spec[len("folder:"):].strip():

@@ -15,8 +15,11 @@ def airflow_db():
 
 @pytest.fixture(scope="session")
 def dagbag(airflow_db):
+    import sys
+
     from airflow.dag_processing.dagbag import DagBag
 
     from tests.conftest import REPO
 
-    return DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    sys.path.insert(0, str(REPO / "dags"))  # Airflow does this for the DAG processor
+    return DagBag(dag_folder=str(REPO / "dags"))
