@@ -19,7 +19,8 @@ NETWORK_WORDS = ("download", "urlopen", "url", "connection", "resolve", "network
 OFFLINE_FIX = (
     "fix: without internet, point the data sources at local archives, e.g.\n"
     "  VISIONLOOP_DATA_SOURCES=folder:/path/to/cifar10_train_jpg.tar.gz,"
-    "folder:/path/to/extra_superclasses_train.tar.gz,feedback make up"
+    "folder:/path/to/extra_superclasses_train.tar.gz,feedback make up\n"
+    "  (or VISIONLOOP_CIFAR10_URL / VISIONLOOP_CIFAR100_URL for a mirror of the archives)"
 )
 
 
