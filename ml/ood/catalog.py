@@ -14,7 +14,7 @@ from ml.ood.forests import IsolationForestDetector, OtherClassDetector
 
 # Simplest / fastest first: on an AUROC tie the earlier one becomes the default.
 SIMPLICITY = ("msp", "energy", "mahalanobis", "vim", "knn", "isolation_forest", "iforest_global",
-              "iforest_all", "other_class", "iforest_pixels")
+              "iforest_all", "other_binary", "other_class", "iforest_pixels")
 # AUROC differences below this are noise at a few thousand evaluation images.
 AUROC_TIE = 0.005
 
@@ -34,6 +34,7 @@ def make_detectors(seed: int = 0, include_other: bool = True) -> dict[str, OODDe
     }
     if include_other:
         detectors["other_class"] = OtherClassDetector(seed=seed)
+        detectors["other_binary"] = OtherClassDetector("other_binary", multiclass=False, seed=seed)
     return detectors
 
 

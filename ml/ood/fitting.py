@@ -11,6 +11,7 @@ import numpy as np
 from ml.ood.base import OODDetector, OODFeatures
 from ml.ood.catalog import make_detectors, pick_default
 from ml.ood.evaluate import evaluate_detector
+from ml.ood.forests import OtherClassDetector
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def concat_features(parts: list[OODFeatures]) -> OODFeatures:
 
 
 def _fit_one(name: str, detector: OODDetector, data: OODData) -> OODDetector:
-    if name != "other_class":
+    if not isinstance(detector, OtherClassDetector):
         return detector.fit(data.train, data.train_labels)
     n_classes = data.train.probs.shape[1]
     features = concat_features([data.train, data.outlier_train])

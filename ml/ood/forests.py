@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ml.ood.base import OODDetector, OODFeatures
-from ml.ood.detectors import _subsample
+from ml.ood.detectors import _subsample, l2_normalise
 
 # Fewer training rows than this and a class's own forest is not fitted; the pooled forest routes it.
 MIN_FOREST_ROWS = 16
@@ -81,12 +81,16 @@ class OtherClassDetector(OODDetector):
     """A linear head on embeddings with outlier images as an extra class C; score = P(other).
 
     `fit` expects the outliers in the features with label == C (the number of model classes).
+    multiclass=True is the reference design (C+1 classes); False is a binary in-vs-other head on
+    L2-normalised embeddings (outlier exposure as a detector), 4x faster to fit.
     """
 
-    name = "other_class"
+    def __init__(self, name: str = "other_class", multiclass: bool = True, max_train: int = 20000,
+                 c: float = 0.1, seed: int = 0):
+        self.name, self.multiclass, self.max_train, self.c, self.seed = name, multiclass, max_train, c, seed
 
-    def __init__(self, max_train: int = 20000, c: float = 1.0, seed: int = 0):
-        self.max_train, self.c, self.seed = max_train, c, seed
+    def _x(self, features: OODFeatures) -> np.ndarray:
+        return features.embeddings if self.multiclass else l2_normalise(features.embeddings)
 
     def fit(self, features: OODFeatures, labels: np.ndarray) -> OtherClassDetector:
         labels = np.asarray(labels)
@@ -98,10 +102,12 @@ class OtherClassDetector(OODDetector):
         rows = np.concatenate([inliers, np.flatnonzero(outliers)])
         # Balanced weights: a few hundred outliers would otherwise be drowned by 65,000 inliers.
         head = LogisticRegression(C=self.c, max_iter=500, class_weight="balanced", random_state=self.seed)
-        self.model_ = make_pipeline(StandardScaler(), head).fit(features.embeddings[rows], labels[rows])
-        self.other_label_ = n_classes
+        targets = labels[rows] if self.multiclass else (labels[rows] == n_classes).astype(np.int64)
+        self.model_ = make_pipeline(StandardScaler(), head).fit(self._x(features)[rows], targets)
+        self.other_label_ = n_classes if self.multiclass else 1
         return self
 
     def score_samples(self, features: OODFeatures) -> np.ndarray:
         classes = list(self.model_.classes_)
-        return self.model_.predict_proba(features.embeddings)[:, classes.index(self.other_label_)].astype(np.float64)
+        probs = self.model_.predict_proba(self._x(features))
+        return probs[:, classes.index(self.other_label_)].astype(np.float64)

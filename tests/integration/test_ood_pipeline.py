@@ -43,7 +43,7 @@ def fitted(smoke_run, tmp_path_factory):  # noqa: F811
 def test_result_names_default_and_every_detector(fitted):
     assert fitted["default_detector"] in fitted["auroc"]
     assert {"isolation_forest", "iforest_global", "iforest_pixels", "iforest_all", "knn", "mahalanobis",
-            "energy", "msp", "other_class"} <= set(fitted["auroc"])
+            "energy", "msp", "vim", "other_class", "other_binary"} <= set(fitted["auroc"])
     assert fitted["primary_ood_set"] == "ood_archive"
     assert all(0.0 <= v <= 1.0 for v in fitted["auroc"].values())
 

@@ -42,7 +42,7 @@ def gaussian_features(n_per_class: int, seed: int, shift: bool = False, spreads=
 
 def fitted(name: str, train, labels, val) -> object:
     detector = make_detectors(seed=0)[name]
-    if name == "other_class":
+    if name.startswith("other_"):
         outliers, _ = gaussian_features(30, seed=9, shift=True)
         both = OODFeatures(np.r_[train.embeddings, outliers.embeddings], np.r_[train.logits, outliers.logits],
                            np.r_[train.probs, outliers.probs])
