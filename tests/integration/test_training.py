@@ -45,7 +45,9 @@ def test_model_and_bundle_are_logged(smoke_run, tmp_path):  # noqa: F811
     assert bundle["dataset_version"] == smoke_run.snapshot.version
     assert bundle["arch"] == "airnet" and bundle["image_size"] == 32
     x, y = smoke_run.snapshot.arrays["val"]
-    pred = Predictor(load_run_model(smoke_run.run_id)).predict(x)
+    predictor = Predictor(load_run_model(smoke_run.run_id))
+    assert predictor.tta, "the logged airnet keeps its name, so serving gets flip TTA"
+    pred = predictor.predict(x)
     assert pred.embeddings.shape == (len(x), bundle["embedding_dim"])
     assert np.mean(pred.probs.argmax(1) == y) == pytest.approx(smoke_run.result["val_accuracy"], abs=1e-6)
 

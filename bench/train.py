@@ -1,0 +1,120 @@
+"""Benchmark: seed_cnn against the default arch on the real 13-class snapshot, side by side.
+
+Run from the repo root on a quiet machine (never in `make test`):
+
+    .venv/bin/python bench/train.py [--profile standard] [--minutes 20] [--archs seed_cnn,airnet]
+
+Builds (or reuses) the snapshot from ../shared/datasets with `ml.data.build`
+in a bench home (.visionloop/bench), trains each arch through
+`ml.train.train_model` against a local SQLite MLflow store, and prints one JSON
+line last: {"results": [{"arch", "profile", "val_accuracy", "train_seconds",
+"images_per_s", "flops_per_image", "gflops_per_s", ...}], ...}. Training FLOPs
+are counted as 3x the forward FLOPs (forward + two backward matmuls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+ARCHIVES = ("cifar10_train_jpg.tar.gz", "extra_superclasses_train.tar.gz")
+PEAK_GFLOPS = 520.0  # two-core FP32 AVX-512 peak of the reference machine
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="standard", choices=("smoke", "standard", "full"))
+    parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock cap per arch (0 = none)")
+    parser.add_argument("--archs", default="seed_cnn,airnet")
+    parser.add_argument("--epochs", type=int, default=0, help="override the profile's epochs (0 = keep)")
+    parser.add_argument("--limit", type=int, default=0, help="use only N training images (quick checks)")
+    parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench"))
+    return parser.parse_args()
+
+
+def prepare_env(home: Path) -> None:
+    """Caches and telemetry inside the bench home, before TF/MLflow/matplotlib are imported."""
+    cache = home / "cache"
+    for name, sub in (("KERAS_HOME", "keras"), ("MPLCONFIGDIR", "mpl"), ("XDG_CACHE_HOME", "xdg")):
+        os.environ.setdefault(name, str(cache / sub))
+    os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO))
+
+
+def snapshot_version(settings) -> str:
+    """Build the 13-class snapshot from the shared archives, or reuse it when the inputs are unchanged."""
+    from ml.data.build import build_dataset
+
+    started = time.perf_counter()
+    result = build_dataset(settings)
+    print(f"snapshot {result['version']} ({'reused' if result.get('reused') else 'built'}) "
+          f"in {time.perf_counter() - started:.0f} s: {result.get('counts')}", flush=True)
+    return result["version"]
+
+
+def bench_arch(settings, version: str, arch: str, args: argparse.Namespace) -> dict:
+    from ml.hparams import get_profile
+    from ml.train import train_model
+
+    overrides = {"max_minutes": args.minutes, "max_train_images": args.limit}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    result = train_model(settings, version, profile=args.profile, arch=arch, overrides=overrides)
+    flops = flops_of(arch, len(settings.classes), get_profile(args.profile, arch).width)
+    gflops = 3 * flops * result["images_per_s"] / 1e9
+    return {"arch": arch, "profile": args.profile, "val_accuracy": round(result["val_accuracy"], 4),
+            "train_seconds": round(result["train_seconds"], 1), "epochs_run": result["epochs_run"],
+            "images_per_s": round(result["images_per_s"], 1), "flops_per_image": flops,
+            "gflops_per_s": round(gflops, 1), "peak_fraction": round(gflops / PEAK_GFLOPS, 3),
+            "run_id": result["run_id"]}
+
+
+def flops_of(arch: str, n_classes: int, width: int) -> int:
+    from ml.model import build_model, flops_per_image
+
+    return flops_per_image(build_model(arch, n_classes, width=width))
+
+
+def bench_experiment(settings, home: Path) -> None:
+    """Keep the bench's MLflow artifacts in the bench home (not ./mlruns)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if mlflow.get_experiment_by_name(settings.experiment) is None:
+        mlflow.create_experiment(settings.experiment, artifact_location=(home / "artifacts").as_uri())
+
+
+def main() -> None:
+    args = parse_args()
+    home = Path(args.home).absolute()
+    prepare_env(home)
+    missing = [a for a in ARCHIVES if not (SHARED / a).is_file()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)} under {SHARED}")
+    from ml.config import Settings
+
+    settings = Settings.from_env(
+        home=home, data_sources=tuple(f"folder:{SHARED / a}" for a in ARCHIVES),
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", experiment="visionloop-bench")
+    bench_experiment(settings, home)
+    version = snapshot_version(settings)
+    results = []
+    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+        results.append(bench_arch(settings, version, arch, args))
+        print(json.dumps(results[-1]), flush=True)
+    import tensorflow as tf
+
+    print(json.dumps({"results": results, "dataset_version": version, "minutes_cap": args.minutes,
+                      "cpus": len(os.sched_getaffinity(0)), "tensorflow": tf.__version__,
+                      "peak_gflops": PEAK_GFLOPS}))
+
+
+if __name__ == "__main__":
+    main()
