@@ -1,5 +1,8 @@
 # VisionLoop. `make` lists the targets; `make up` runs the platform, `make test` the tests.
 SHELL := /bin/bash
+# Settings from .env (copy .env.example), exported to every command below.
+-include .env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env 2>/dev/null)
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
