@@ -30,7 +30,7 @@ def score(predictor: Predictor, x: np.ndarray, y: np.ndarray, classes: list[str]
     counts = confusion_matrix(y, predicted, labels=range(len(classes)))
     recall = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
     return {"accuracy": float((predicted == y).mean()), "predicted": predicted, "confusion": counts,
-            "recall": {c: float(r) for c, r in zip(classes, recall)}}
+            "recall": {c: float(r) for c, r in zip(classes, recall, strict=False)}}
 
 
 def score_on_test(model: keras.Model, settings: Settings, dataset_version: str) -> dict[str, Any]:

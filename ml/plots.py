@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 def training_curves(history: dict[str, list[float]]) -> Figure:
     """Loss and accuracy per epoch, train against validation, side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=False):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric, [])
             if values:
@@ -82,7 +82,7 @@ def filters_and_activations(kernel: np.ndarray, images: np.ndarray, activations:
     axes[0, 0].text(0.5, 0.5, "filters", ha="center", va="center")
     for f in range(n_filters):
         axes[0, f + 1].imshow(_normalise(kernel[..., f]), interpolation="nearest")
-    for r, (image, maps) in enumerate(zip(images, activations), start=1):
+    for r, (image, maps) in enumerate(zip(images, activations, strict=False), start=1):
         axes[r, 0].imshow(image)
         for f in range(n_filters):
             axes[r, f + 1].imshow(maps[..., f], cmap="viridis")

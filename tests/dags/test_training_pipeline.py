@@ -41,7 +41,7 @@ def test_dag_follows_the_house_rules(dag):
 
 
 def test_tasks_run_in_pipeline_order_and_only_the_last_emits_the_champion(dag):
-    for upstream, downstream in zip(ORDER, ORDER[1:]):
+    for upstream, downstream in zip(ORDER, ORDER[1:], strict=False):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     assert [a.name for a in dag.get_task("publish_champion").outlets] == ["visionloop_champion"]
 

@@ -77,7 +77,7 @@ def test_augmentation_translates_and_mirrors_without_changing_pixels(images):
     from ml.train import augment
 
     out = augment(images, pad=0, flip=True).numpy()
-    for original, augmented in zip(images, out):
+    for original, augmented in zip(images, out, strict=False):
         assert np.array_equal(augmented, original) or np.array_equal(augmented, original[:, ::-1])
     shifted = augment(images, pad=2, flip=False).numpy()
     assert shifted.shape == images.shape and shifted.dtype == np.uint8

@@ -13,8 +13,8 @@ def test_one_cycle_warms_up_peaks_and_anneals_to_zero():
     schedule = OneCycle(peak=0.4, warmup=0.25, total_steps=100)
     rates = [schedule.rate(p / 100) for p in range(101)]
     assert rates[0] == 0 and rates[25] == pytest.approx(0.4) and rates[100] == pytest.approx(0, abs=1e-9)
-    assert all(a <= b for a, b in zip(rates[:25], rates[1:26]))  # rises during warm-up
-    assert all(a >= b for a, b in zip(rates[25:], rates[26:]))  # then only falls
+    assert all(a <= b for a, b in zip(rates[:25], rates[1:26], strict=False))  # rises during warm-up
+    assert all(a >= b for a, b in zip(rates[25:], rates[26:], strict=False))  # then only falls
 
 
 def test_time_budget_drives_progress_when_the_machine_is_slow():
