@@ -109,4 +109,3 @@ class Cifar100Source(_CifarSource):
 
 
 # Earlier private names, still imported by ml.ood.pipeline.
-_read_pickles, _images = read_pickles, rows_to_images

@@ -53,13 +53,13 @@ def cifar100_outliers(settings: Settings) -> tuple[np.ndarray, np.ndarray] | Non
     path = settings.downloads_dir / "cifar-100-python.tar.gz"
     if "cifar100" not in settings.data_sources or not path.is_file():
         return None
-    from ml.data.cifar import CIFAR100_BATCHES, _images, _read_pickles
+    from ml.data.cifar import CIFAR100_BATCHES, read_pickles, rows_to_images
 
-    batches = _read_pickles(path, CIFAR100_BATCHES + ("meta",))
+    batches = read_pickles(path, CIFAR100_BATCHES + ("meta",))
     coarse = np.array([n.decode() for n in batches["meta"][b"coarse_label_names"]])
     groups = coarse[np.asarray(batches["test"][b"coarse_labels"])]  # the test batch: 10,000 images is plenty
     keep = ~np.isin(groups, settings.classes)
-    return _images(batches["test"][b"data"])[keep], groups[keep]
+    return rows_to_images(batches["test"][b"data"])[keep], groups[keep]
 
 
 def outlier_sets(settings: Settings, predictor) -> tuple[dict[str, OODFeatures], OODFeatures | None]:
