@@ -108,4 +108,3 @@ class Cifar100Source(_CifarSource):
         return out
 
 
-# Earlier private names, still imported by ml.ood.pipeline.
