@@ -113,15 +113,18 @@ def flops_per_image(model: keras.Model) -> int:
     return int(total)
 
 
-def load_run_model(run_id: str) -> keras.Model:
-    """The Keras model logged by a training run (`runs:/<run_id>/model`)."""
+def load_keras_model(uri: str) -> keras.Model:
+    """Any MLflow Keras model URI (runs:/..., models:/name/version, models:/name@alias)."""
     import mlflow.keras
 
-    return mlflow.keras.load_model(f"runs:/{run_id}/model")
+    return mlflow.keras.load_model(uri)
+
+
+def load_run_model(run_id: str) -> keras.Model:
+    """The Keras model logged by a training run (`runs:/<run_id>/model`)."""
+    return load_keras_model(f"runs:/{run_id}/model")
 
 
 def load_model_version(name: str, version: str | int) -> keras.Model:
     """A registered model version (`models:/<name>/<version>`)."""
-    import mlflow.keras
-
-    return mlflow.keras.load_model(f"models:/{name}/{version}")
+    return load_keras_model(f"models:/{name}/{version}")

@@ -101,3 +101,22 @@ def test_rollback_restores_the_previous_champion_and_can_be_undone(settings, mod
     assert registry.champion_version(settings) == second
     listed = {row["version"]: row["aliases"] for row in registry.list_versions(settings)}
     assert listed == {second: ["challenger", "champion"], first: ["previous_champion"]}
+
+
+def test_model_commands_list_promote_and_roll_back(settings, model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    first = registry.register_and_gate(settings, candidate(settings, model_dir, 0.80))["version"]
+    second = registry.register_and_gate(settings, candidate(settings, model_dir, 0.70))["version"]
+    monkeypatch.setenv("VISIONLOOP_MODEL_NAME", settings.model_name)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["model", "list"])
+    assert listed.exit_code == 0 and "rejected" in listed.output and "champion" in listed.output
+    promoted = runner.invoke(app, ["model", "promote", second])
+    assert promoted.exit_code == 0 and registry.champion_version(settings) == second
+    rolled = runner.invoke(app, ["model", "rollback"])
+    assert rolled.exit_code == 0 and f"champion is v{first}" in rolled.output
+    missing = runner.invoke(app, ["model", "promote", "999"])
+    assert missing.exit_code == 2 and "no version" in missing.output
