@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import tarfile
 import tempfile
@@ -126,7 +127,7 @@ class Judge:
         self.hits: dict = {}
         self.mmd = MMDDetector(alpha=alpha, n_permutations=100).fit(pack.embeddings_pca)
         self.mmd_hits: dict = {}
-        self.seconds = {"ks_pca": 0.0, "mmd": 0.0, "ks_n": 0, "mmd_n": 0}
+        self.seconds = {"ks_pca": 0.0, "mmd": 0.0, "ks_pca_n": 0, "mmd_n": 0}
 
     def judge(self, name: str, size: int, data: WindowData, pixel_mean: np.ndarray) -> None:
         results = signals.compute_signals(data, self.pack, self.alpha)
@@ -165,6 +166,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default="50,200,1000")
     parser.add_argument("--ood-archive", default=str(REPO.parent / "shared" / "datasets" / "ood_dev.tar.gz"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--features-cache", help="pickle of the model outputs per image set, reused when present")
     parser.add_argument("--mmd-windows", type=int, default=10, help="windows per setting at size 200 for KS vs MMD")
     return parser.parse_args()
 
@@ -227,6 +229,26 @@ def simulate(judge: Judge, sets: dict, sizes: list[int], args: argparse.Namespac
                 judge.judge(f"ood_{int(frac * 100)}pct", size, *window(parts))
 
 
+def report(judge: Judge, sets: dict, run_id: str, settings: Settings, features_s: float, total_s: float) -> dict:
+    """The JSON summary: false alarms, power per shift and window size, the baseline and per-signal detail."""
+    detection, baseline = judge.rates("drift"), judge.rates("baseline")
+    false_alarm = detection.pop("clean")
+    mmd = {"rates": {k: {m: round(v[m] / v["n"], 3) for m in ("ks_pca", "mmd")} for k, v in judge.mmd_hits.items()},
+           "seconds_per_window": {m: round(judge.seconds[m] / max(judge.seconds[f"{m}_n"], 1), 4)
+                                  for m in ("ks_pca", "mmd")}}
+    for name, rates in [("clean", false_alarm), *detection.items()]:
+        print(f"{name:<18} " + "  ".join(f"n={s}: {r:.2f}" for s, r in rates.items()), file=sys.stderr)
+    return {"run_id": run_id, "dataset_version": sets["version"], "val_accuracy": sets["pack"].meta["val_accuracy"],
+            "reference_images": len(sets["ref"]["confidence"]), "clean_images": len(sets["y_b"]),
+            "ood_images": len(sets["ood"]["confidence"]), "alpha": settings.drift_alpha,
+            "ood_gate": "bundle/ood default detector" if sets["gate"] else "max-softmax at the target TPR",
+            "false_alarm_rate": false_alarm, "power": detection,
+            "baseline_pixel_mean_ks": {"false_alarm_rate": baseline.pop("clean"), "power": baseline},
+            "power_by_signal_at_200": {name: {sig: round(hits / t[200]["n"], 3) for sig, hits in
+                                              t[200]["signals"].items()} for name, t in judge.hits.items() if 200 in t},
+            "embedding_test_at_200": mmd, "features_s": round(features_s, 1), "total_s": round(total_s, 1)}
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
@@ -236,28 +258,20 @@ def main() -> None:
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     run_id = resolve_run(settings, args.run_id)
-    sets = build_sets(settings, run_id, Path(args.ood_archive), rng)
+    cache = Path(args.features_cache) if args.features_cache else None
+    if cache and cache.is_file():  # re-running the window sampling needs no forward passes
+        sets = pickle.loads(cache.read_bytes())
+    else:
+        sets = build_sets(settings, run_id, Path(args.ood_archive), rng)
+        for part in (sets["ref"], sets["clean"], sets["ood"], *sets["shifted"].values()):
+            part.pop("out", None)
+        sets["gate"] = sets["gate"] is not None
+        if cache:
+            cache.write_bytes(pickle.dumps(sets))
     features_s = time.perf_counter() - started
     judge = Judge(sets["pack"], sets["ref"]["pixel_mean"], settings.drift_alpha)
     simulate(judge, sets, [int(s) for s in args.sizes.split(",")], args, rng)
-    detection, baseline = judge.rates("drift"), judge.rates("baseline")
-    false_alarm = detection.pop("clean")
-    mmd = {"rates": {k: {m: round(v[m] / v["n"], 3) for m in ("ks_pca", "mmd")} for k, v in judge.mmd_hits.items()},
-           "seconds_per_window": {m: round(judge.seconds[m] / max(judge.seconds[f"{m}_n"], 1), 4)
-                                  for m in ("ks_pca", "mmd")}}
-    summary = {"run_id": run_id, "dataset_version": sets["version"], "val_accuracy": sets["pack"].meta["val_accuracy"],
-               "reference_images": len(sets["ref"]["confidence"]), "clean_images": len(sets["y_b"]),
-               "ood_images": len(sets["ood"]["confidence"]), "alpha": settings.drift_alpha,
-               "ood_gate": "bundle/ood default detector" if sets["gate"] else "max-softmax at the target TPR",
-               "false_alarm_rate": false_alarm, "power": detection,
-               "baseline_pixel_mean_ks": {"false_alarm_rate": baseline.pop("clean"), "power": baseline},
-               "power_by_signal_at_200": {name: {sig: round(hits / t[200]["n"], 3) for sig, hits in
-                                                 t[200]["signals"].items()} for name, t in judge.hits.items() if 200 in t},
-               "embedding_test_at_200": mmd, "features_s": round(features_s, 1),
-               "total_s": round(time.perf_counter() - started, 1)}
-    for name, rates in [("clean", false_alarm), *detection.items()]:
-        print(f"{name:<18} " + "  ".join(f"n={s}: {r:.2f}" for s, r in rates.items()), file=sys.stderr)
-    print(json.dumps(summary))
+    print(json.dumps(report(judge, sets, run_id, settings, features_s, time.perf_counter() - started)))
 
 
 if __name__ == "__main__":
