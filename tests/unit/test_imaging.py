@@ -84,3 +84,18 @@ def test_histogram_distance_is_zero_to_own_mean_and_grows_with_difference():
     same = histogram_distance(intensity_histograms(dark), means, np.zeros(4, dtype=int))
     other = histogram_distance(intensity_histograms(dark), means, np.ones(4, dtype=int))
     assert np.allclose(same, 0.0) and np.all(other > 0.9)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_but_keeps_content():
+    img = Image.new("RGB", (1200, 900), (10, 200, 30))
+    decoded = decode_image(encode(img, "JPEG", quality=95))
+    assert min(decoded.size) >= 224 and decoded.size[0] < 1200
+    assert decoded.size[0] / decoded.size[1] == pytest.approx(1200 / 900, rel=0.01)
+    out = to_model_input(decoded)
+    assert abs(int(out[..., 1].mean()) - 200) < 6
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_large_jpeg_of_any_mode_decodes(mode):
+    img = Image.new("RGB", (800, 800), (120, 60, 200)).convert(mode)
+    assert to_model_input(decode_image(encode(img, "JPEG"))).shape == (32, 32, 3)
