@@ -142,8 +142,10 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
     client = _client(settings)
     try:
         aliases = client.get_registered_model(settings.model_name).aliases
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise  # a down server is not "no versions"
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)

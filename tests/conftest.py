@@ -38,7 +38,13 @@ os.environ.update({
 for key in [k for k in os.environ if k.startswith("VISIONLOOP_") and k != "VISIONLOOP_HOME"]:
     del os.environ[key]
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.data"]
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.data",
+    "tests.fixtures.training",
+    "tests.fixtures.serving",
+    "tests.fixtures.pipeline",
+]
 
 
 @pytest.fixture

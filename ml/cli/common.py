@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -13,6 +14,8 @@ from ml.storage import StorageError
 
 
 def load_settings(**overrides) -> Settings:
+    # MLflow's default of 7 retries with backoff keeps a user waiting minutes when the server is down.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     try:
         return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
@@ -34,3 +37,10 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        # MLflow's errors (server down, unknown run or model) are the user's to fix, not bugs;
+        # matched by module so the CLI need not import mlflow (3 s) to catch them.
+        if type(exc).__module__.startswith("mlflow"):
+            fail(f"MLflow ({Settings.from_env().mlflow_tracking_uri}): {exc}; is the server up? "
+                 "Check MLFLOW_TRACKING_URI")
+        raise

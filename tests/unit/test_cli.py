@@ -35,3 +35,13 @@ def test_bad_setting_is_one_line_naming_the_variable(tmp_path):
     assert result.returncode != 0
     assert "VISIONLOOP_PROFILE" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_mlflow_down_is_one_line_not_an_empty_registry(tmp_path):
+    exe = Path(sys.executable).parent / "visionloop"
+    env = {"PATH": "/usr/bin:/bin", "VISIONLOOP_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    result = subprocess.run([str(exe), "model", "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "MLFLOW_TRACKING_URI" in result.stderr and "registered yet" not in result.stdout
+    assert "Traceback" not in result.stderr
