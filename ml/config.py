@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 CIFAR10_CLASSES = (
@@ -89,7 +89,6 @@ class Settings:
     # Local platform.
     mlflow_port: int = 5000
     airflow_port: int = 8080
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -117,8 +116,6 @@ class Settings:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             name = "MLFLOW_TRACKING_URI" if f.name == "mlflow_tracking_uri" else f"VISIONLOOP_{f.name.upper()}"
             if name in env:
                 values[f.name] = _parse(name, f.type, env[name])

@@ -121,7 +121,7 @@ def test_build_from_both_archives_via_settings_overrides(settings, tmp_path):
     md5_100, _ = make_cifar100(tmp_path / "cifar-100-python.tar.gz", n=60)
     extra = {"cifar10_url": (tmp_path / "cifar-10-python.tar.gz").as_uri(), "cifar10_md5": md5_10,
              "cifar100_url": (tmp_path / "cifar-100-python.tar.gz").as_uri(), "cifar100_md5": md5_100}
-    settings = settings.with_(data_sources=("cifar10", "cifar100"), class_target=30, extra=extra)
+    settings = settings.with_(data_sources=("cifar10", "cifar100"), class_target=30, **extra)
     result = build_dataset(settings, workers=1)
     manifest = load_manifest(open_store(settings), result["version"])
     assert manifest["counts_by_source"]["cifar10"]["cat"] == 6  # one per batch, train and test batches
