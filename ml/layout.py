@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 SPLITS = ("train", "val", "test")
 DATASETS = "datasets/"
@@ -46,7 +46,7 @@ def parse_image_id(image_id_: str) -> tuple[str, str, int]:
 
 
 def hour_prefix(when: datetime) -> str:
-    when = when.astimezone(timezone.utc)
+    when = when.astimezone(UTC)
     return f"{REQUESTS}{when:%Y/%m/%d/%H}/"
 
 

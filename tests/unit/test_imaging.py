@@ -9,8 +9,14 @@ import pytest
 from PIL import Image
 
 from ml.imaging import (
-    ImageDecodeError, ImageTooLarge, class_mean_histograms, decode_image, histogram_distance,
-    intensity_histograms, pixel_entropy, to_model_input,
+    ImageDecodeError,
+    ImageTooLarge,
+    class_mean_histograms,
+    decode_image,
+    histogram_distance,
+    intensity_histograms,
+    pixel_entropy,
+    to_model_input,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import numpy as np
 
@@ -34,9 +35,9 @@ def test_embedding_encoding_is_compact():
 
 
 def test_request_batch_keys_sort_in_ship_order():
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    t0 = datetime(2026, 11, 25, 9, 59, 59, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 25, 9, 59, 59, tzinfo=UTC)
     keys = [layout.request_batch(t0 + timedelta(seconds=s), "b") for s in (0, 1, 3601)]
     assert keys == sorted(keys)
     assert keys[0].startswith("requests/2026/11/25/09/") and keys[2].startswith("requests/2026/11/25/11/")
