@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.staticfiles import StaticFiles
 
-from ml.bundle import ClassifyWorker, Outcome, error_body
+from ml.classify_worker import ClassifyWorker, Outcome, error_body
 
 log = logging.getLogger("visionloop.serving")
 STATIC = Path(__file__).parent / "static"

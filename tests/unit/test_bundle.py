@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.bundle import ServingBundle, TrainingImages, sniff_format
+from ml.bundle import ServingBundle, TrainingImages
+from ml.classify_worker import sniff_format
 from ml.storage import open_store
 from tests.fixtures.serving import png_bytes, serving_bundle_dir  # noqa: F401  (fixture)
 

@@ -1,0 +1,197 @@
+"""The request path of the service: decode, batch concurrent requests into one model call, log, answer.
+
+The service (serving/service.py) only parses HTTP; everything between the upload
+bytes and the JSON answer happens here, with the ML work in `ServingBundle.classify`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ml import imaging
+from ml.bundle import ServingBundle, TrainingImages
+
+log = logging.getLogger(__name__)
+
+# -- serving runtime: decode, coalesce concurrent requests into one classify call, log, answer ----
+
+OOD_MESSAGE = "Sorry, your image label is not in our training set"
+_MAGIC = ((b"\x89PNG", "PNG", "png"), (b"\xff\xd8", "JPEG", "jpg"), (b"GIF8", "GIF", "gif"),
+          (b"BM", "BMP", "bmp"), (b"II*\x00", "TIFF", "tiff"), (b"MM\x00*", "TIFF", "tiff"))
+
+
+@dataclass
+class Outcome:
+    """An HTTP status and its JSON body, ready to send."""
+
+    status: int
+    body: bytes
+
+
+def error_body(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode()
+
+
+def sniff_format(data: bytes) -> tuple[str, str]:
+    """(PIL format name, file extension) from the magic bytes; the spool stores the original bytes."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP", "webp"
+    for magic, name, ext in _MAGIC:
+        if data.startswith(magic):
+            return name, ext
+    return "UNKNOWN", "bin"
+
+
+class ServingMetrics:
+    """Prometheus counters beside BentoML's own, exposed on the same /metrics."""
+
+    def __init__(self) -> None:
+        import bentoml
+
+        self.predictions = bentoml.metrics.Counter(
+            name="visionloop_predictions", documentation="Classified images by predicted class",
+            labelnames=["label"])
+        self.ood = bentoml.metrics.Counter(name="visionloop_ood_rejections", documentation="Images judged OOD")
+        self.feedbacks = bentoml.metrics.Counter(name="visionloop_feedback", documentation="Feedback received",
+                                                 labelnames=["label"])
+        self.backlog = bentoml.metrics.Gauge(name="visionloop_spool_backlog",
+                                             documentation="Logged records not yet in the object store")
+
+    def feedback(self, label: str) -> None:
+        self.feedbacks.labels(label=label).inc()
+
+
+class ClassifyWorker:
+    """One thread that drains waiting requests and classifies them in one batch (adaptive batching)."""
+
+    def __init__(self, requestlog: Any, max_bytes: int, max_batch: int = 64):
+        import queue
+
+        self.requestlog, self.max_bytes, self.max_batch = requestlog, max_bytes, max_batch
+        self.bundle: ServingBundle | None = None  # swapped whole by the alias poller
+        self.metrics = ServingMetrics()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pngs: dict[str, bytes] = {}
+        self._thread: Any = None
+
+    def start(self) -> None:
+        import threading
+
+        self._thread = threading.Thread(target=self._run, name="classify", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    async def submit(self, data: bytes, loop: Any) -> Outcome:
+        future = loop.create_future()
+        self._queue.put((data, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        import queue
+
+        while (item := self._queue.get()) is not None:
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            batch = [b for b in batch if b is not None]
+            try:
+                outcomes = self.process([b[0] for b in batch])
+            except Exception:  # a bug must fail these requests, never the service
+                log.exception("classification failed")
+                outcomes = [Outcome(500, error_body("internal error while classifying"))] * len(batch)
+            for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+            if stop:
+                break
+
+    def process(self, blobs: list[bytes]) -> list[Outcome]:
+        """Decode each upload, classify the readable ones in one call, log and answer each."""
+        import time
+
+        start = time.perf_counter()
+        bundle = self.bundle  # one reference for the whole batch: a swap never splits it
+        if bundle is None:
+            return [Outcome(503, error_body("no champion model loaded yet; try again shortly"))] * len(blobs)
+        outcomes: list[Outcome | None] = [None] * len(blobs)
+        decoded = []
+        for i, data in enumerate(blobs):
+            if len(data) > self.max_bytes:
+                outcomes[i] = Outcome(413, error_body(f"image is larger than the {self.max_bytes} byte limit"))
+                continue
+            try:
+                image = imaging.decode_image(data)
+                decoded.append((i, image, imaging.to_model_input(image)))
+            except imaging.ImageTooLarge as exc:
+                outcomes[i] = Outcome(413, error_body(f"image has too many pixels: {exc}"))
+            except imaging.ImageDecodeError as exc:
+                outcomes[i] = Outcome(422, error_body(str(exc)))
+        if decoded:
+            results = bundle.classify(np.stack([d[2] for d in decoded]))
+            for (i, image, _), result in zip(decoded, results, strict=True):
+                outcomes[i] = self._answer(bundle, blobs[i], image, result, start)
+        self.metrics.backlog.set(self.requestlog.backlog())
+        return outcomes
+
+    def _answer(self, bundle: ServingBundle, data: bytes, image: Any, res: dict, start: float) -> Outcome:
+        """Spool the request record and build the response body."""
+        import hashlib
+        import time
+        import uuid
+
+        from ml.records import RequestRecord, utc_now_iso
+
+        fmt, ext = sniff_format(data)
+        request_id = uuid.uuid4().hex
+        record = RequestRecord(
+            request_id=request_id, created_at=utc_now_iso(), model_version=bundle.version,
+            label=res["label"], class_id=res["class_id"], confidence=res["confidence"],
+            probabilities=res["probabilities"], is_ood=res["is_ood"], ood_score=res["ood_score"],
+            ood_threshold=res["ood_threshold"], ood_detector=res["ood_detector"],
+            pixel_entropy=res["pixel_entropy"], hist_distance=res["hist_distance"], embedding=res["embedding"],
+            image_sha256=hashlib.sha256(data).hexdigest(), image_format=fmt, width=image.width,
+            height=image.height, byte_size=len(data), latency_ms=round((time.perf_counter() - start) * 1000, 3))
+        self.requestlog.log_request(record, data, ext)
+        self.metrics.predictions.labels(label=res["label"]).inc()
+        if res["is_ood"]:
+            self.metrics.ood.inc()
+        body = {
+            "request_id": request_id, "model_version": bundle.version, "label": res["label"],
+            "confidence": res["confidence"], "probabilities": dict(zip(bundle.classes, res["probabilities"], strict=True)),
+            "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
+            "ood_threshold": round(res["ood_threshold"], 6),
+            "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
+            "similar": res["similar"], "imagenet": bundle.suggest_imagenet(image),
+        }
+        return Outcome(200, json.dumps(body, separators=(",", ":")).encode())
+
+    def training_png(self, images: TrainingImages, image_id: str) -> bytes:
+        """A training image upscaled to 128x128 PNG; cached, the index points at few distinct images."""
+        if image_id not in self._pngs:
+            import io
+
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(images.get(image_id)).resize((128, 128), Image.NEAREST).save(buffer, format="PNG")
+            if len(self._pngs) > 4096:
+                self._pngs.clear()
+            self._pngs[image_id] = buffer.getvalue()
+        return self._pngs[image_id]
+
+
+def _resolve(future: Any, outcome: Outcome) -> None:
+    if not future.done():  # the client may have gone away
+        future.set_result(outcome)
