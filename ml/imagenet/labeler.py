@@ -8,6 +8,8 @@ carries on without the second opinion.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,31 @@ from ml.imaging import to_model_input
 
 log = logging.getLogger(__name__)
 INPUT_SIZE = 224
+RETRY_AFTER_S = 3600.0  # after a failed load (offline), don't pay the download timeout on every model swap
+
+# One ResNet50 per process and weights: it does not change when the champion does,
+# and building it costs seconds and ~100 MB.
+_networks: dict[str | None, Any] = {}
+_failed_at: dict[str | None, float] = {}
+_lock = threading.Lock()
+
+
+def _resnet50(weights: str | None) -> Any:
+    with _lock:
+        if weights in _networks:
+            return _networks[weights]
+        failed = _failed_at.get(weights)
+        if failed is not None and time.monotonic() - failed < RETRY_AFTER_S:
+            raise RuntimeError(f"loading failed {time.monotonic() - failed:.0f} s ago; retrying after "
+                               f"{RETRY_AFTER_S:.0f} s")
+        import keras
+
+        try:
+            _networks[weights] = keras.applications.ResNet50(weights=weights)
+        except Exception:
+            _failed_at[weights] = time.monotonic()
+            raise
+        return _networks[weights]
 
 
 class ImageNetLabeler:
@@ -33,11 +60,9 @@ class ImageNetLabeler:
 
     def load(self) -> ImageNetLabeler:
         """Build ResNet50 (downloads weights into KERAS_HOME on first use) and read the mapping."""
-        import keras
-
         self.mapping_ = load_mapping(self.mapping_path, self.classes_path)
         self.classes_ = load_imagenet_classes(self.classes_path)
-        self.model_ = keras.applications.ResNet50(weights=self.weights)
+        self.model_ = _resnet50(self.weights)
         return self
 
     @classmethod
