@@ -44,6 +44,7 @@ pytest_plugins = [
     "tests.fixtures.training",
     "tests.fixtures.serving",
     "tests.fixtures.pipeline",
+    "tests.fixtures.airflow",
 ]
 
 

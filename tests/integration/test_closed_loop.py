@@ -1,0 +1,131 @@
+"""The whole loop on tiny data, with real parts: MLflow server, Airflow dag.test(), the service in-process.
+
+serve the champion -> log requests -> users correct labels -> drift_monitoring asks for a
+retraining -> dataset_build takes the corrections in -> training_pipeline registers a new
+champion -> the running service swaps to it without a restart.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml import layout
+from ml.config import Settings
+from ml.storage import open_store
+from tests.conftest import REPO
+from tests.fixtures.data import class_images
+from tests.fixtures.pipeline import run_pipeline
+from tests.fixtures.serving import png_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CORRECTIONS = 6
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...], per_class: int) -> Path:
+    """A `<class>/<image>.png` folder source of the same learnable patterns as the tiny snapshot."""
+    rng = np.random.default_rng(7)
+    for class_id, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i, pixels in enumerate(class_images(class_id, per_class, rng, len(classes))):
+            Image.fromarray(pixels).resize((48, 40)).save(root / name / f"{i}.png")
+    return root
+
+
+def load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if str(REPO / "dags") not in sys.path:
+        sys.path.insert(0, str(REPO / "dags"))
+    bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
+def task_states(run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+@pytest.fixture
+def loop_settings(mlflow_server, airflow_db, tmp_path, monkeypatch) -> Settings:
+    """Every component (DAG tasks, service) reads the same environment, as on a real deployment."""
+    folder = write_image_folder(tmp_path / "images", Settings.from_env(env={}).classes, per_class=20)
+    env = {
+        "VISIONLOOP_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": mlflow_server,
+        "VISIONLOOP_MODEL_NAME": "loop-model", "VISIONLOOP_EXPERIMENT": "loop-training",
+        "VISIONLOOP_MONITORING_EXPERIMENT": "loop-monitoring", "VISIONLOOP_PROFILE": "smoke",
+        "VISIONLOOP_DATA_SOURCES": f"folder:{folder},feedback", "VISIONLOOP_CLASS_TARGET": "20",
+        "VISIONLOOP_GATE_MIN_ACCURACY": "0", "VISIONLOOP_GATE_EPSILON": "1",
+        "VISIONLOOP_GATE_MAX_RECALL_DROP": "1", "VISIONLOOP_RETRAIN_MIN_FEEDBACK": str(CORRECTIONS),
+        "VISIONLOOP_DRIFT_MIN_WINDOW": "10", "VISIONLOOP_ALIAS_POLL_SECONDS": "1",
+        "VISIONLOOP_REQUEST_LOG_INTERVAL_S": "0.2", "VISIONLOOP_IMAGENET_ENABLED": "false",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_corrections_retrain_and_the_service_swaps_to_the_new_champion(loop_settings):
+    from starlette.testclient import TestClient
+
+    from ml.data.build import build_dataset
+    from ml.registry import champion_version
+
+    settings, store = loop_settings, open_store(loop_settings)
+    first = build_dataset(settings)["version"]
+    run_pipeline(settings, first)
+    v1 = champion_version(settings)
+    assert v1 is not None
+
+    from serving.service import VisionLoop
+
+    with TestClient(VisionLoop.to_asgi(), raise_server_exceptions=False) as client:
+        assert client.get("/model_info").json()["model_version"] == str(v1)
+        answers = [client.post("/classify", files={"image": (f"{i}.png", png_bytes((64, 64), seed=i), "image/png")})
+                   for i in range(24)]
+        assert all(a.status_code == 200 for a in answers), answers[0].text
+        for answer in answers[:CORRECTIONS]:
+            body = answer.json()
+            wrong = next(c for c in settings.classes if c != body["label"])
+            assert client.post("/feedback", json={"request_id": body["request_id"], "label": wrong}).status_code == 201
+
+        # The request log and the corrections reach the object store on their own.
+        wait_for(lambda: sum(1 for k in store.list(layout.FEEDBACK) if layout.is_feedback_record(k)) == CORRECTIONS,
+                 30, "the corrections in feedback/")
+        wait_for(lambda: any(layout.is_request_batch(k) for k in store.list(layout.REQUESTS)), 30, "request batches")
+
+        monitoring = load_dag("drift_monitoring").test()
+        assert task_states(monitoring)["request_retrain"] == "success", task_states(monitoring)
+        assert f"{CORRECTIONS} corrected images" in store.get_json(layout.RETRAIN_STATE)["reason"]
+
+        build = load_dag("dataset_build").test()
+        assert set(task_states(build).values()) == {"success"}, task_states(build)
+        second = [row["version"] for row in store.get_json(layout.dataset_index())][-1]
+        assert second != first, "the corrections must make a new snapshot version"
+        manifest = store.get_json(layout.dataset_manifest(second))
+        assert any(source["kind"] == "feedback" for source in manifest["sources"])
+
+        training = load_dag("training_pipeline").test(run_conf={"dataset_version": second})
+        assert task_states(training)["publish_champion"] == "success", task_states(training)
+        v2 = champion_version(settings)
+        assert v2 != v1
+
+        # The running service polls the alias and swaps to the new champion.
+        wait_for(lambda: client.get("/model_info").json()["model_version"] == str(v2), 60, f"serving v{v2}")
+        answer = client.post("/classify", files={"image": ("again.png", png_bytes(seed=99), "image/png")})
+        assert answer.status_code == 200 and answer.json()["model_version"] == str(v2)
