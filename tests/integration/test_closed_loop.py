@@ -21,7 +21,7 @@ from ml.storage import open_store
 from tests.conftest import REPO
 from tests.fixtures.data import class_images
 from tests.fixtures.pipeline import run_pipeline
-from tests.fixtures.serving import png_bytes
+from tests.fixtures.serving import forget_service_metrics, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CORRECTIONS = 6
@@ -94,38 +94,48 @@ def test_corrections_retrain_and_the_service_swaps_to_the_new_champion(loop_sett
 
     from serving.service import VisionLoop
 
-    with TestClient(VisionLoop.to_asgi(), raise_server_exceptions=False) as client:
-        assert client.get("/model_info").json()["model_version"] == str(v1)
-        answers = [client.post("/classify", files={"image": (f"{i}.png", png_bytes((64, 64), seed=i), "image/png")})
-                   for i in range(24)]
-        assert all(a.status_code == 200 for a in answers), answers[0].text
-        for answer in answers[:CORRECTIONS]:
-            body = answer.json()
-            wrong = next(c for c in settings.classes if c != body["label"])
-            assert client.post("/feedback", json={"request_id": body["request_id"], "label": wrong}).status_code == 201
+    try:
+        with TestClient(VisionLoop.to_asgi(), raise_server_exceptions=False) as client:
+            serve_correct_retrain_and_swap(client, settings, store, first, v1)
+    finally:
+        forget_service_metrics()
 
-        # The request log and the corrections reach the object store on their own.
-        wait_for(lambda: sum(1 for k in store.list(layout.FEEDBACK) if layout.is_feedback_record(k)) == CORRECTIONS,
-                 30, "the corrections in feedback/")
-        wait_for(lambda: any(layout.is_request_batch(k) for k in store.list(layout.REQUESTS)), 30, "request batches")
 
-        monitoring = load_dag("drift_monitoring").test()
-        assert task_states(monitoring)["request_retrain"] == "success", task_states(monitoring)
-        assert f"{CORRECTIONS} corrected images" in store.get_json(layout.RETRAIN_STATE)["reason"]
+def serve_correct_retrain_and_swap(client, settings: Settings, store, first: str, v1: str) -> None:
+    """Requests and corrections through the service, then the three DAGs, then the hot swap."""
+    from ml.registry import champion_version
 
-        build = load_dag("dataset_build").test()
-        assert set(task_states(build).values()) == {"success"}, task_states(build)
-        second = [row["version"] for row in store.get_json(layout.dataset_index())][-1]
-        assert second != first, "the corrections must make a new snapshot version"
-        manifest = store.get_json(layout.dataset_manifest(second))
-        assert any(source["kind"] == "feedback" for source in manifest["sources"])
+    assert client.get("/model_info").json()["model_version"] == str(v1)
+    answers = [client.post("/classify", files={"image": (f"{i}.png", png_bytes((64, 64), seed=i), "image/png")})
+               for i in range(24)]
+    assert all(a.status_code == 200 for a in answers), answers[0].text
+    for answer in answers[:CORRECTIONS]:
+        body = answer.json()
+        wrong = next(c for c in settings.classes if c != body["label"])
+        assert client.post("/feedback", json={"request_id": body["request_id"], "label": wrong}).status_code == 201
 
-        training = load_dag("training_pipeline").test(run_conf={"dataset_version": second})
-        assert task_states(training)["publish_champion"] == "success", task_states(training)
-        v2 = champion_version(settings)
-        assert v2 != v1
+    # The request log and the corrections reach the object store on their own.
+    wait_for(lambda: sum(1 for k in store.list(layout.FEEDBACK) if layout.is_feedback_record(k)) == CORRECTIONS,
+             30, "the corrections in feedback/")
+    wait_for(lambda: any(layout.is_request_batch(k) for k in store.list(layout.REQUESTS)), 30, "request batches")
 
-        # The running service polls the alias and swaps to the new champion.
-        wait_for(lambda: client.get("/model_info").json()["model_version"] == str(v2), 60, f"serving v{v2}")
-        answer = client.post("/classify", files={"image": ("again.png", png_bytes(seed=99), "image/png")})
-        assert answer.status_code == 200 and answer.json()["model_version"] == str(v2)
+    monitoring = load_dag("drift_monitoring").test()
+    assert task_states(monitoring)["request_retrain"] == "success", task_states(monitoring)
+    assert f"{CORRECTIONS} corrected images" in store.get_json(layout.RETRAIN_STATE)["reason"]
+
+    build = load_dag("dataset_build").test()
+    assert set(task_states(build).values()) == {"success"}, task_states(build)
+    second = [row["version"] for row in store.get_json(layout.dataset_index())][-1]
+    assert second != first, "the corrections must make a new snapshot version"
+    manifest = store.get_json(layout.dataset_manifest(second))
+    assert any(source["kind"] == "feedback" for source in manifest["sources"])
+
+    training = load_dag("training_pipeline").test(run_conf={"dataset_version": second})
+    assert task_states(training)["publish_champion"] == "success", task_states(training)
+    v2 = champion_version(settings)
+    assert v2 != v1
+
+    # The running service polls the alias and swaps to the new champion.
+    wait_for(lambda: client.get("/model_info").json()["model_version"] == str(v2), 60, f"serving v{v2}")
+    answer = client.post("/classify", files={"image": ("again.png", png_bytes(seed=99), "image/png")})
+    assert answer.status_code == 200 and answer.json()["model_version"] == str(v2)

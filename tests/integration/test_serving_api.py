@@ -12,7 +12,7 @@ from PIL import Image
 from ml import layout
 from ml.records import RequestRecord
 from ml.storage import open_store
-from tests.fixtures.serving import png_bytes, serving_bundle_dir  # noqa: F401  (fixture)
+from tests.fixtures.serving import forget_service_metrics, png_bytes, serving_bundle_dir  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,7 @@ def api(serving_bundle_dir, tmp_path_factory):  # noqa: F811
             client.settings = settings
             yield client
     finally:
+        forget_service_metrics()
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
