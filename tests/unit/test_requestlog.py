@@ -135,10 +135,3 @@ def test_background_shipper_ships_on_interval(settings, store):
         assert len(shipped_records(store)) == 1
     finally:
         rlog.stop()
-
-
-def test_fast_record_json_matches_the_contract_serializer():
-    from ml.requestlog import _record_json
-
-    record = make_record()
-    assert _record_json(record) == record.to_json()
