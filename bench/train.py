@@ -34,6 +34,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--archs", default="seed_cnn,airnet")
     parser.add_argument("--epochs", type=int, default=0, help="override the profile's epochs (0 = keep)")
     parser.add_argument("--limit", type=int, default=0, help="use only N training images (quick checks)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a training hyperparameter (ml.hparams.HParams field), repeatable")
     parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench"))
     return parser.parse_args()
 
@@ -63,17 +65,34 @@ def bench_arch(settings, version: str, arch: str, args: argparse.Namespace) -> d
     from ml.hparams import get_profile
     from ml.train import train_model
 
-    overrides = {"max_minutes": args.minutes, "max_train_images": args.limit}
+    overrides = {"max_minutes": args.minutes, "max_train_images": args.limit, **hparam_overrides(args.set)}
     if args.epochs:
         overrides["epochs"] = args.epochs
     result = train_model(settings, version, profile=args.profile, arch=arch, overrides=overrides)
-    flops = flops_of(arch, len(settings.classes), get_profile(args.profile, arch).width)
+    flops = flops_of(arch, len(settings.classes), get_profile(args.profile, arch).with_(**overrides).width)
     gflops = 3 * flops * result["images_per_s"] / 1e9
     return {"arch": arch, "profile": args.profile, "val_accuracy": round(result["val_accuracy"], 4),
             "train_seconds": round(result["train_seconds"], 1), "epochs_run": result["epochs_run"],
             "images_per_s": round(result["images_per_s"], 1), "flops_per_image": flops,
             "gflops_per_s": round(gflops, 1), "peak_fraction": round(gflops / PEAK_GFLOPS, 3),
             "run_id": result["run_id"]}
+
+
+def hparam_overrides(pairs: list[str]) -> dict:
+    """FIELD=VALUE strings, typed like the HParams defaults."""
+    from dataclasses import fields
+
+    from ml.hparams import HParams
+
+    types = {f.name: type(getattr(HParams(), f.name)) for f in fields(HParams)}
+    overrides = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in types:
+            sys.exit(f"--set {pair}: unknown field; choose from {', '.join(types)}")
+        kind = types[name]
+        overrides[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return overrides
 
 
 def flops_of(arch: str, n_classes: int, width: int) -> int:

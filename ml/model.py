@@ -44,19 +44,21 @@ def build_seed_cnn(n_classes: int, **_: Any) -> keras.Model:
     return keras.Model(inputs, probs, name="seed_cnn")
 
 
-def _conv_bn(x, filters: int, pool: bool = False, activation: str = "gelu"):
-    """Conv (no bias) [-MaxPool] -BN-act; pooling before BN quarters the BN cost (airbench)."""
+def _conv_bn(x, filters: int, pool: bool, activation: str, bn_momentum: float):
+    """Conv (no bias) [-MaxPool] -BN (shift only, as airbench) -act; pooling before BN quarters its cost."""
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
     if pool:
         x = layers.MaxPooling2D(2)(x)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=1e-5, scale=False)(x)
     return layers.Activation(activation)(x)
 
 
-def build_airnet(n_classes: int, width: int = 64, activation: str = "gelu", **_: Any) -> keras.Model:
+def build_airnet(n_classes: int, width: int = 64, activation: str = "gelu", bn_momentum: float = 0.4,
+                 **_: Any) -> keras.Model:
     """airbench94-style net: 2x2 stem, three conv-pool-conv blocks (w, 4w, 4w), global max pool.
 
     Around 1/3 of the FLOPs of Myrtle's ResNet-9 for ~94 % on CIFAR-10 on GPU budgets.
+    bn_momentum is Keras' (keep fraction): 0.4 is airbench's fast 0.6 in PyTorch's convention.
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     # Per-channel standardisation with CIFAR-like statistics keeps the stem well conditioned.
@@ -66,8 +68,8 @@ def build_airnet(n_classes: int, width: int = 64, activation: str = "gelu", **_:
     x = layers.Conv2D(24, 2, padding="valid", name="stem")(x)
     x = layers.Activation(activation)(x)
     for filters in (width, 4 * width, 4 * width):
-        x = _conv_bn(x, filters, pool=True, activation=activation)
-        x = _conv_bn(x, filters, activation=activation)
+        x = _conv_bn(x, filters, True, activation, bn_momentum)
+        x = _conv_bn(x, filters, False, activation, bn_momentum)
     x = layers.GlobalMaxPooling2D(name="embedding")(x)
     x = layers.Rescaling(1 / 8)(x)  # small initial logits (Myrtle ResNet-9 scales them by 0.125)
     logits = layers.Dense(n_classes, use_bias=False, name="logits")(x)
@@ -97,6 +99,21 @@ def init_whitening(model: keras.Model, images: np.ndarray, eps: float = 5e-4) ->
     filters = (eigvecs / np.sqrt(eigvals + eps)).T.reshape(12, 2, 2, 3)  # one filter per eigenvector
     kernel = np.concatenate([filters, -filters]).transpose(1, 2, 3, 0)  # kh, kw, cin, 24
     stem.set_weights([kernel.astype("float32"), np.zeros(24, "float32")])
+
+
+def init_dirac(model: keras.Model) -> None:
+    """Start each 3x3 conv after the stem as a partial identity: its first c_in filters pass inputs through.
+
+    airbench's "dirac" init; it cut the epochs to 94 % on CIFAR-10 by a seventh.
+    """
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D) and layer.name != "stem":
+            kernel = keras.ops.convert_to_numpy(layer.kernel)
+            kh, kw, cin, cout = kernel.shape
+            n = min(cin, cout)
+            kernel[..., :n] = 0
+            kernel[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1
+            layer.kernel.assign(kernel)
 
 
 def flops_per_image(model: keras.Model) -> int:

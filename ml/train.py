@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import math
 import sys
 import time
 import warnings
@@ -20,7 +19,8 @@ from ml import layout
 from ml.config import Settings
 from ml.hparams import HParams, get_profile
 from ml.inference import Predictor
-from ml.model import build_model, flops_per_image, init_whitening
+from ml.model import build_model, flops_per_image, init_dirac, init_whitening
+from ml.optim import BiasScaledSGD, Lookahead, OneCycle
 from ml.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -49,66 +49,34 @@ def augment(images: tf.Tensor, pad: int, flip: bool) -> tf.Tensor:
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, n_classes: int, hp: HParams, train: bool) -> tf.data.Dataset:
-    """Batched (image float32, one-hot label) pairs; shuffled and augmented per batch when training."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    """Batched (image float32, one-hot label) pairs; shuffled and augmented per batch when training.
+
+    Batches are gathered from the whole arrays by shuffled indices: tf.data then
+    handles one small tensor per batch instead of one element per image.
+    """
+    images, labels = tf.constant(x), tf.constant(y)
+    ds = tf.data.Dataset.range(len(x))
     if train:
         ds = ds.shuffle(len(x), seed=hp.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(hp.batch_size)
 
-    def prepare(images, labels):
+    def gather(index):
+        batch = tf.gather(images, index)
         if train:
-            images = augment(images, hp.crop_pad, hp.flip)
-        return tf.cast(images, tf.float32), tf.one_hot(labels, n_classes)
+            batch = augment(batch, hp.crop_pad, hp.flip)
+        return tf.cast(batch, tf.float32), tf.one_hot(tf.gather(labels, index), n_classes)
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return ds.batch(hp.batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 def make_optimizer(hp: HParams) -> keras.optimizers.Optimizer:
-    """Nesterov SGD (or Adam); the learning rate is driven by OneCycle, so it starts as a plain float."""
-    common = dict(learning_rate=hp.learning_rate, use_ema=hp.ema, weight_decay=hp.weight_decay or None)
+    """Nesterov SGD with fast BN biases (or Adam); the LR is driven by OneCycle, so it starts as a float."""
     if hp.optimizer == "adam":
-        opt = keras.optimizers.Adam(**common)
-    else:
-        opt = keras.optimizers.SGD(momentum=hp.momentum, nesterov=True, **common)
-    if hp.weight_decay:
-        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    return opt
-
-
-class OneCycle(keras.callbacks.Callback):
-    """Linear warm-up then cosine decay to 0, over steps or the time budget, whichever runs out first.
-
-    Progress is max(step / total_steps, elapsed / budget), so a slow machine still
-    anneals the learning rate fully inside max_minutes instead of being cut off at
-    a high rate; training stops when progress reaches 1.
-    """
-
-    def __init__(self, peak: float, warmup: float, total_steps: int, max_minutes: float = 0.0):
-        super().__init__()
-        self.peak, self.warmup, self.total = peak, warmup, max(1, total_steps)
-        self.budget_s = max_minutes * 60
-        self.step, self.start = 0, time.monotonic()
-
-    def progress(self) -> float:
-        by_time = (time.monotonic() - self.start) / self.budget_s if self.budget_s else 0.0
-        return min(1.0, max(self.step / self.total, by_time))
-
-    def rate(self, progress: float) -> float:
-        if progress < self.warmup:
-            return self.peak * progress / self.warmup
-        return self.peak * 0.5 * (1 + math.cos(math.pi * (progress - self.warmup) / (1 - self.warmup)))
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.start = time.monotonic()
-
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        progress = self.progress()
-        self.model.optimizer.learning_rate.assign(self.rate(progress))
-        self.step += 1
-        if progress >= 1.0:
-            if self.budget_s and self.step < self.total:
-                log.warning("time budget of %.1f min used: stopping after %d steps", self.budget_s / 60, self.step)
-            self.model.stop_training = True
+        opt = keras.optimizers.Adam(learning_rate=hp.learning_rate, weight_decay=hp.weight_decay or None)
+        if hp.weight_decay:
+            opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        return opt
+    return BiasScaledSGD(learning_rate=hp.learning_rate, momentum=hp.momentum, nesterov=True,
+                         bias_lr_scale=hp.bias_lr_scale, l2=hp.weight_decay)
 
 
 class Throughput(keras.callbacks.Callback):
@@ -173,14 +141,19 @@ def fit(model: keras.Model, data: dict[str, tuple[np.ndarray, np.ndarray]], hp: 
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=hp.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     throughput = Throughput(hp.batch_size)
-    callbacks = [OneCycle(hp.learning_rate, hp.warmup_fraction, steps, hp.max_minutes), MlflowEpochs(), throughput,
-                 keras.callbacks.EarlyStopping("val_accuracy", patience=hp.early_stopping_patience,
-                                               mode="max", restore_best_weights=True)]
+    schedule = OneCycle(hp.learning_rate, hp.warmup_fraction, steps, hp.max_minutes, hp.lr_start, hp.lr_end)
+    stopping = keras.callbacks.EarlyStopping("val_accuracy", patience=hp.early_stopping_patience,
+                                             mode="max", restore_best_weights=True)
+    # Lookahead after EarlyStopping: a run that finished its schedule ends on the averaged weights.
+    callbacks = [schedule, MlflowEpochs(), throughput, stopping] + ([Lookahead(schedule, stopping)]
+                                                                    if hp.lookahead else [])
     start = time.perf_counter()
     history = model.fit(make_dataset(x, y, n_classes, hp, train=True), epochs=hp.epochs, shuffle=False,
                         verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
                         validation_data=make_dataset(xv, yv, n_classes, hp, train=False), callbacks=callbacks)
     seconds = time.perf_counter() - start
+    # The training optimizer is not saved with the model: any Keras loads the logged model.
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
     epochs_run = len(history.history.get("loss", []))
     return {"train_seconds": seconds, "epochs_run": epochs_run, "images_per_s": throughput.images_per_s}
 
@@ -207,9 +180,12 @@ def train_model(settings: Settings, dataset_version: str, profile: str | None = 
         mlflow.log_params({**hp.to_params(), "profile": profile, "dataset_version": dataset_version,
                            "n_classes": len(classes), "n_train": len(data["train"][1])})
         log_dataset_input(store, dataset_version, manifest, data["train"])
-        model = build_model(hp.arch, len(classes), width=hp.width, activation=hp.activation)
+        model = build_model(hp.arch, len(classes), width=hp.width, activation=hp.activation,
+                            bn_momentum=hp.bn_momentum)
         if hp.whiten and hp.arch == "airnet":
             init_whitening(model, data["train"][0])
+            model.get_layer("stem").trainable = False  # airbench keeps the whitening filters fixed
+            init_dirac(model)
         mlflow.log_param("flops_per_image", flops_per_image(model))
         timing = fit(model, data, hp)
         predictor = Predictor(model)
