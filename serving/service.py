@@ -80,11 +80,11 @@ class VisionLoop:
         if bundle_dir:
             self.worker.bundle = ServingBundle.from_dir(bundle_dir, version=os.environ.get(
                 "VISIONLOOP_BUNDLE_VERSION", "local"))
+            _freeze_heap()
         else:
-            self._refresh()
+            self._refresh()  # freezes the heap once a champion is loaded
         threading.Thread(target=self._housekeeping, args=(not bundle_dir,), name="housekeeping",
                          daemon=True).start()
-        _freeze_heap()
         self.worker.start()
 
     # -- model lifecycle ---------------------------------------------------------------------
