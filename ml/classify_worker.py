@@ -61,6 +61,9 @@ class ServingMetrics:
                                                  labelnames=["label"])
         self.backlog = bentoml.metrics.Gauge(name="visionloop_spool_backlog",
                                              documentation="Logged records not yet in the object store")
+        self.batch_size = bentoml.metrics.Histogram(
+            name="visionloop_batch_size", documentation="Images classified per model call",
+            buckets=(1, 2, 4, 8, 16, 32, 64))
 
     def feedback(self, label: str) -> None:
         self.feedbacks.labels(label=label).inc()
@@ -139,6 +142,7 @@ class ClassifyWorker:
             except imaging.ImageDecodeError as exc:
                 outcomes[i] = Outcome(422, error_body(str(exc)))
         if decoded:
+            self.metrics.batch_size.observe(len(decoded))
             results = bundle.classify(np.stack([d[2] for d in decoded]))
             for (i, image, _), result in zip(decoded, results, strict=True):
                 outcomes[i] = self._answer(bundle, blobs[i], image, result, start)

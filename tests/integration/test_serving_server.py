@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
@@ -72,5 +73,7 @@ def test_outage_and_restart_ship_every_record_exactly_once(serving_bundle_dir, m
         assert httpx.get(f"{url}/model_info").json()["spool_backlog"] == 0
         metrics = httpx.get(f"{url}/metrics").text
         assert "visionloop_predictions" in metrics and "visionloop_spool_backlog" in metrics
+        # Every image this (restarted) server classified went through one model call or another.
+        assert re.search(r"^visionloop_batch_size_sum 4\.0$", metrics, re.M), "batch-size histogram"
     finally:
         server.stop()
