@@ -4,7 +4,9 @@ Run from the repo root: `.venv/bin/python bench/serve.py`. Serves the registry
 champion when MLflow answers, else a freshly built untrained bundle (default
 arch, random weights, a synthetic similarity index of realistic size); the JSON
 says which. Rows: /classify with 32x32 PNGs and 500x500 JPEGs at concurrency 1,
-8 and 32. The load generator is a small asyncio HTTP/1.1 keep-alive client (one
+8 and 32, each with the server's CPU time per request (all its processes) and
+the mean images per model call; `http_floor` is BentoML's own /livez at
+concurrency 32, what the HTTP stack costs with no work behind it. The load generator is a small asyncio HTTP/1.1 keep-alive client (one
 process, loopback only, bounded count and time) so that it costs the shared CPUs
 as little as possible. The last stdout line is the JSON result.
 """
@@ -30,9 +32,11 @@ BOUNDARY = "visionloopbench"
 
 
 def payloads(kind: str, host: str, n: int = 16) -> list[bytes]:
-    """Complete HTTP requests for /classify, each with a different image."""
+    """Complete HTTP requests for /classify, each with a different image (kind "livez": GET /livez)."""
     from tests.fixtures.serving import png_bytes
 
+    if kind == "livez":
+        return [f"GET /livez HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()]
     out = []
     for seed in range(n):
         image = png_bytes((32, 32), seed) if kind == "png32" else png_bytes((500, 500), seed, fmt="JPEG")
@@ -76,16 +80,54 @@ async def _load(url: str, kind: str, concurrency: int, count: int, seconds: floa
                            for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"endpoint": "/classify", "image": kind, "concurrency": concurrency, "requests": len(ms),
+    endpoint, image = ("/livez", None) if kind == "livez" else ("/classify", kind)
+    return {"endpoint": endpoint, "image": image, "concurrency": concurrency, "requests": len(ms),
+            "requests_with_warmup": len(ms) + concurrency * 4,
             "rps": round(len(ms) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "errors": errors[0]}
 
 
-def run_load(url: str, kind: str, concurrency: int, count: int, seconds: float) -> dict:
-    """One row, measured by a second process (this script with --load)."""
+def run_load(url: str, kind: str, concurrency: int, count: int, seconds: float, server_pid: int) -> dict:
+    """One row, measured by a second process (this script with --load), with the server's CPU cost."""
+    cpu, batches = tree_cpu_seconds(server_pid), batch_totals(url)
     out = subprocess.run([sys.executable, __file__, "--load", url, kind, str(concurrency), str(count), str(seconds)],
                          capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    served = row.pop("requests_with_warmup")
+    row["server_cpu_ms_per_request"] = round((tree_cpu_seconds(server_pid) - cpu) * 1000 / served, 3)
+    calls, images = (after - before for after, before in zip(batch_totals(url), batches, strict=True))
+    if kind != "livez":
+        row["images_per_model_call"] = round(images / calls, 1) if calls else None
+    return row
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (BentoML forks workers)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # not a process, or it ended meanwhile
+            continue
+        stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(model calls, images) so far, from the service's visionloop_batch_size histogram."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = {name: float(value) for name, value in
+             re.findall(r"^visionloop_batch_size_(count|sum) ([0-9.e+]+)$", text, re.M)}
+    return found.get("count", 0.0), found.get("sum", 0.0)
 
 
 def predict_on_batch_rate(bundle_dir: Path | None, settings, batch: int = 256, seconds: float = 3.0) -> float:
@@ -150,9 +192,11 @@ def main(arch: str | None = None, width: int | None = None) -> None:
     server, url = start_service(env, root / "serve.log")
     rows = []
     try:
+        floor = run_load(url, "livez", 32, 40000, 10.0, server.proc.pid)
+        print(json.dumps(floor), flush=True)
         for kind in ("png32", "jpeg500"):
             for concurrency, count, seconds in LEVELS:
-                rows.append(run_load(url, kind, concurrency, count, seconds))
+                rows.append(run_load(url, kind, concurrency, count, seconds, server.proc.pid))
                 print(json.dumps(rows[-1]), flush=True)
         import httpx
 
@@ -160,7 +204,8 @@ def main(arch: str | None = None, width: int | None = None) -> None:
     finally:
         server.stop()
     print(json.dumps({"model": model, "request_logging": True, "cpus": os.cpu_count(),
-                      "spool_backlog_at_end": backlog, "predict_on_batch_images_per_s": rate, "rows": rows}))
+                      "spool_backlog_at_end": backlog, "predict_on_batch_images_per_s": rate, "http_floor": floor,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

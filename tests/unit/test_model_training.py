@@ -115,3 +115,23 @@ def test_each_training_epoch_sees_every_image_once_in_a_new_order():
         labels = np.concatenate([onehot.numpy().argmax(1) for _, onehot in batches])
         assert sorted(seen.tolist()) == list(range(50)) and np.array_equal(labels, y[seen])
         assert not np.array_equal(seen, np.arange(50))  # shuffled
+
+
+def test_early_stopping_waits_for_the_learning_rate_to_come_down():
+    """A 30-epoch run whose validation accuracy swings at the peak rate is not stopped there."""
+    from ml.hparams import get_profile
+    from ml.train import early_stopping
+
+    hp = get_profile("full", "airnet")
+    stopping = early_stopping(hp)
+    stopping.set_model(_tiny_airnet())
+    stopping.on_train_begin()
+    swings = [0.54, 0.68, 0.59, 0.34, 0.21, 0.50, 0.33, 0.51, 0.45, 0.40, 0.52, 0.55, 0.60, 0.62, 0.66]
+    for epoch, accuracy in enumerate(swings):
+        stopping.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert not getattr(stopping.model, "stop_training", False) and stopping.stopped_epoch == 0
+    for epoch in range(len(swings), hp.epochs):  # late in the schedule a plateau does stop it
+        stopping.on_epoch_end(epoch, {"val_accuracy": 0.80 if epoch == len(swings) + 3 else 0.70})
+        if getattr(stopping.model, "stop_training", False):
+            break
+    assert stopping.stopped_epoch == len(swings) + 3 + hp.early_stopping_patience
