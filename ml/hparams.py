@@ -35,7 +35,7 @@ class HParams:
     whiten: bool = True  # airnet only: patch-whitening init of the 2x2 stem, frozen, and dirac init
     crop_pad: int = 2  # random translation of up to crop_pad pixels (reflect padding)
     flip: bool = True
-    early_stopping_patience: int = 4  # epochs without val_accuracy gain
+    early_stopping_patience: int = 4  # epochs without val_accuracy gain (from mid-decay)
     # Wall-clock budget, 0 = none: the one-cycle schedule runs on max(step, time) progress, so a
     # slow machine finishes a full (shorter) schedule inside the budget instead of being cut off.
     max_minutes: float = 0.0
