@@ -104,7 +104,7 @@ def run_load(url: str, kind: str, concurrency: int, count: int, seconds: float, 
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of a process and all its descendants (BentoML forks workers)."""
     stats = {}
-    for entry in os.listdir("/proc"):
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):  # not a process, or it ended meanwhile
