@@ -62,10 +62,13 @@ def snapshot_version(settings) -> str:
 
 
 def bench_arch(settings, version: str, arch: str, args: argparse.Namespace) -> dict:
-    from ml.hparams import get_profile
+    from ml.hparams import get_profile, parse_overrides
     from ml.train import train_model
 
-    overrides = {"max_minutes": args.minutes, "max_train_images": args.limit, **hparam_overrides(args.set)}
+    try:
+        overrides = {"max_minutes": args.minutes, "max_train_images": args.limit, **parse_overrides(args.set)}
+    except ValueError as exc:
+        sys.exit(str(exc))
     if args.epochs:
         overrides["epochs"] = args.epochs
     result = train_model(settings, version, profile=args.profile, arch=arch, overrides=overrides)
@@ -76,23 +79,6 @@ def bench_arch(settings, version: str, arch: str, args: argparse.Namespace) -> d
             "images_per_s": round(result["images_per_s"], 1), "flops_per_image": flops,
             "gflops_per_s": round(gflops, 1), "peak_fraction": round(gflops / PEAK_GFLOPS, 3),
             "run_id": result["run_id"]}
-
-
-def hparam_overrides(pairs: list[str]) -> dict:
-    """FIELD=VALUE strings, typed like the HParams defaults."""
-    from dataclasses import fields
-
-    from ml.hparams import HParams
-
-    types = {f.name: type(getattr(HParams(), f.name)) for f in fields(HParams)}
-    overrides = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        if name not in types:
-            sys.exit(f"--set {pair}: unknown field; choose from {', '.join(types)}")
-        kind = types[name]
-        overrides[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    return overrides
 
 
 def flops_of(arch: str, n_classes: int, width: int) -> int:

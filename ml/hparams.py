@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 DEFAULT_ARCH = "airnet"
 
@@ -74,3 +74,22 @@ def get_profile(profile: str, arch: str | None = None) -> HParams:
     if hp.arch == "seed_cnn" and profile != "smoke":
         hp = hp.with_(**SEED_CNN)
     return hp
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, object]:
+    """`FIELD=VALUE` strings (e.g. `width=64`), typed like the HParams defaults."""
+    types = {f.name: type(getattr(HParams(), f.name)) for f in fields(HParams)}
+    overrides: dict[str, object] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"--set {pair}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
+        kind = types[name]
+        if kind is bool:
+            overrides[name] = value.lower() in ("1", "true", "yes")
+            continue
+        try:
+            overrides[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {pair}: {name} needs a value of type {kind.__name__}") from None
+    return overrides

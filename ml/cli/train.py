@@ -14,15 +14,19 @@ def run(
     dataset: str = typer.Option(None, "--dataset", help="Snapshot version; default: the newest one."),
     profile: str = typer.Option(None, "--profile", help="smoke, standard or full (default: VISIONLOOP_PROFILE)."),
     arch: str = typer.Option(None, "--arch", help="seed_cnn or airnet (default: the profile's)."),
+    overrides: list[str] = typer.Option(None, "--set", metavar="FIELD=VALUE",
+                                        help="Override a hyperparameter, repeatable: --set width=64 --set epochs=20."),
 ) -> None:
     """Train a model on a snapshot and log it to MLflow (it is not registered: see `visionloop model`)."""
     settings = load_settings(profile=profile)
     with user_errors():
+        from ml.hparams import parse_overrides
         from ml.train import newest_dataset, train_model
 
+        changes = parse_overrides(overrides)
         version = dataset or newest_dataset(settings)
         typer.echo(f"training on dataset {version} (profile {settings.profile})")
-        result = train_model(settings, version, profile=profile, arch=arch)
+        result = train_model(settings, version, profile=profile, arch=arch, overrides=changes)
     typer.echo(f"run {result['run_id']}: {result['arch']} val_accuracy {result['val_accuracy']:.4f} "
                f"in {result['train_seconds']:.0f} s")
 

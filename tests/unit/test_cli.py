@@ -45,3 +45,13 @@ def test_mlflow_down_is_one_line_not_an_empty_registry(tmp_path):
     assert result.returncode != 0
     assert "MLFLOW_TRACKING_URI" in result.stderr and "registered yet" not in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_misspelt_hyperparameter_override_is_one_line_listing_the_fields(tmp_path):
+    exe = Path(sys.executable).parent / "visionloop"
+    env = {"PATH": "/usr/bin:/bin", "VISIONLOOP_HOME": str(tmp_path)}
+    result = subprocess.run([str(exe), "train", "run", "--set", "widht=64"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode != 0
+    assert "widht=64" in result.stderr and "width" in result.stderr.split("FIELD one of")[1]
+    assert "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ml.config import PROFILES as CONFIG_PROFILES
-from ml.hparams import DEFAULT_ARCH, PROFILES, get_profile
+from ml.hparams import DEFAULT_ARCH, PROFILES, get_profile, parse_overrides
 
 
 def test_every_configurable_profile_exists():
@@ -34,3 +34,12 @@ def test_params_are_flat_scalars_for_mlflow():
 def test_unknown_profile_names_the_choices():
     with pytest.raises(ValueError, match="smoke, standard, full"):
         get_profile("huge")
+
+
+def test_overrides_are_typed_like_the_defaults_and_unknown_fields_are_named():
+    assert parse_overrides(["width=64", "learning_rate=0.5", "lookahead=no", "activation=relu"]) == {
+        "width": 64, "learning_rate": 0.5, "lookahead": False, "activation": "relu"}
+    with pytest.raises(ValueError, match="FIELD one of arch, epochs"):
+        parse_overrides(["widht=64"])
+    with pytest.raises(ValueError, match="width needs a value of type int"):
+        parse_overrides(["width=wide"])
