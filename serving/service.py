@@ -219,7 +219,7 @@ class VisionLoop:
 # -- routes ------------------------------------------------------------------------------------
 # Module-level routes with an async dependency for the service instance. BentoML's class views
 # inject `self` through a sync dependency, which FastAPI runs in its thread pool: one thread hop
-# per request, measured at ~0.9 CPU-ms per request on a trivial route (bench/serve.py's load).
+# per request: /model_info at concurrency 32 went from 1.39 to 0.62 CPU-ms and 755 to 1,608 req/s.
 
 
 async def _service() -> Any:
