@@ -6,9 +6,10 @@ arch, random weights, a synthetic similarity index of realistic size); the JSON
 says which. Rows: /classify with 32x32 PNGs and 500x500 JPEGs at concurrency 1,
 8 and 32, each with the server's CPU time per request (all its processes) and
 the mean images per model call; `http_floor` is BentoML's own /livez at
-concurrency 32, what the HTTP stack costs with no work behind it. The load generator is a small asyncio HTTP/1.1 keep-alive client (one
-process, loopback only, bounded count and time) so that it costs the shared CPUs
-as little as possible. The last stdout line is the JSON result.
+concurrency 32, what the HTTP stack costs with no work behind it. The load
+generator is a small asyncio HTTP/1.1 keep-alive client (one process, loopback
+only, bounded count and time) so that it costs the shared CPUs as little as
+possible. The last stdout line is the JSON result.
 """
 
 from __future__ import annotations
