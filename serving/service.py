@@ -130,13 +130,6 @@ class VisionLoop:
 
     # -- HTTP handlers (the routes are at the end of this module) -----------------------------
 
-    def docs(self) -> Response:
-        """BentoML's Swagger UI (its usual home "/" is the upload page); it reads /docs.json."""
-        import _bentoml_impl.server as bento_server
-
-        page = Path(bento_server.__file__).parent / "main-openapi.html"
-        return FileResponse(page) if page.is_file() else _json(404, error_body("API docs are not bundled"))
-
     def model_info(self) -> JSONResponse:
         bundle = self.worker.bundle
         return JSONResponse({
@@ -235,8 +228,12 @@ async def index() -> FileResponse:
 
 
 @app.get("/docs", include_in_schema=False)
-async def docs(service: Service) -> Response:
-    return service.docs()
+async def docs() -> Response:
+    """BentoML's Swagger UI (its usual home "/" is the upload page); it reads /docs.json."""
+    import _bentoml_impl.server as bento_server
+
+    page = Path(bento_server.__file__).parent / "main-openapi.html"
+    return FileResponse(page) if page.is_file() else _json(404, error_body("API docs are not bundled"))
 
 
 @app.get("/model_info")
