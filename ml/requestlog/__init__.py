@@ -44,6 +44,18 @@ class UnknownRequest(KeyError):
     """No request with that id was ever logged here."""
 
 
+class SpoolUnavailable(RuntimeError):
+    """A record could not be made durable (disk full, spool cap reached): answer 503, retry later."""
+
+    def __init__(self, reason: str, retry_after_s: int = 5):
+        super().__init__(reason)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
+class SpoolLocked(RuntimeError):
+    """Another process already writes this spool directory (one writer per spool)."""
+
+
 class RequestLog:
     """Append-only spool plus a background shipper; thread-safe."""
 
