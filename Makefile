@@ -40,7 +40,7 @@ help: ## List the targets
 	$(PY) -m venv .tools && .tools/bin/pip install -q uv
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PY)
+	$(UV) sync --frozen --extra dev --extra docker --python $(PY)
 	@touch $@
 
 venv: $(STAMP) ## Create .venv from uv.lock (uv is installed with pip if missing)
