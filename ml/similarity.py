@@ -80,6 +80,48 @@ class SimilarityIndex:
         return [Neighbor(str(self.ids_[rows[i]]), int(self.labels_[rows[i]]), float(d))
                 for i, d in zip(best, distances, strict=True)]
 
+    def query_batch(self, embeddings: np.ndarray, probs: np.ndarray, k: int = 4,
+                    top_classes: int = 4) -> list[list[Neighbor]]:
+        """`query` for N images at once: the same neighbours, but each class slice is read once per batch."""
+        rows, sims = self.nearest_rows(embeddings, probs, k, top_classes)
+        return [[Neighbor(str(self.ids_[r]), int(self.labels_[r]), float(d))
+                 for r, d in zip(image_rows, np.sqrt(np.maximum(2.0 - 2.0 * image_sims, 0.0)), strict=True)]
+                for image_rows, image_sims in zip(rows, sims, strict=True)]
+
+    def nearest_rows(self, embeddings: np.ndarray, probs: np.ndarray, k: int = 4,
+                     top_classes: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(index rows, cosine similarities) per image, nearest first, among its `top_classes` classes.
+
+        The per-image matrix-vector products are memory-bound and cost more than the model at full
+        index size, so every class slice is multiplied once by all the images that rank it.
+        """
+        q = _normalise(np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1))
+        n_classes = len(self.offsets_) - 1
+        top = np.argsort(-np.asarray(probs).reshape(len(q), -1)[:, :n_classes], axis=1, kind="stable")[:, :top_classes]
+        best_s = np.full((len(q), max(k, 0)), -np.inf, dtype=np.float32)
+        best_r = np.full((len(q), max(k, 0)), -1, dtype=np.int64)
+        if k > 0:
+            with _one_blas_thread():
+                for c in np.unique(top):
+                    self._merge_class(int(c), q, top, best_s, best_r)
+        found = best_r >= 0
+        return [r[m] for r, m in zip(best_r, found, strict=True)], [s[m] for s, m in zip(best_s, found, strict=True)]
+
+    def _merge_class(self, c: int, q: np.ndarray, top: np.ndarray, best_s: np.ndarray, best_r: np.ndarray) -> None:
+        """Fold class c's nearest rows into the running top-k of every query that ranks c."""
+        k = best_s.shape[1]
+        who = np.nonzero((top == c).any(axis=1))[0]
+        block = self.embeddings_[self.offsets_[c]:self.offsets_[c + 1]]
+        if not len(block):
+            return
+        sims = q[who] @ block.T
+        kk = min(k, sims.shape[1])
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s[who], np.take_along_axis(sims, part, axis=1)], axis=1)
+        cand_r = np.concatenate([best_r[who], part + self.offsets_[c]], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s[who], best_r[who] = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_r, keep, 1)
+
     def save(self, path: str | Path) -> Path:
         """npz with embeddings (float32, unit rows), labels (int64) and ids (str); no pickles."""
         path = Path(path)

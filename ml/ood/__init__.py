@@ -9,11 +9,12 @@ from ml.ood.detectors import (
     MSPDetector,
     ViMDetector,
 )
-from ml.ood.forests import IsolationForestDetector, OtherClassDetector
+from ml.ood.exposure import OtherClassDetector
+from ml.ood.fused import FusedDetector
 from ml.ood.persist import load_default_detector, load_detector, load_summary, save_detectors
 
 __all__ = [
-    "EnergyDetector", "IsolationForestDetector", "KNNDetector", "MSPDetector", "MahalanobisDetector",
-    "OODDetector", "OODFeatures", "OODResult", "OtherClassDetector", "ViMDetector", "load_default_detector",
-    "load_detector", "load_summary", "make_detectors", "pick_default", "save_detectors",
+    "EnergyDetector", "FusedDetector", "KNNDetector", "MSPDetector", "MahalanobisDetector", "OODDetector",
+    "OODFeatures", "OODResult", "OtherClassDetector", "ViMDetector", "load_default_detector", "load_detector",
+    "load_summary", "make_detectors", "pick_default", "save_detectors",
 ]

@@ -10,27 +10,28 @@ from ml.ood.detectors import (
     MSPDetector,
     ViMDetector,
 )
-from ml.ood.forests import IsolationForestDetector, OtherClassDetector
+from ml.ood.exposure import OtherClassDetector
+from ml.ood.fused import FusedDetector
 
 # Simplest / fastest first: on an AUROC tie the earlier one becomes the default.
-SIMPLICITY = ("msp", "energy", "mahalanobis", "vim", "knn", "isolation_forest", "iforest_global",
-              "iforest_all", "other_binary", "other_class", "iforest_pixels")
+SIMPLICITY = ("msp", "energy", "mahalanobis", "vim", "knn", "fused", "fused3", "other_binary", "other_class")
 # AUROC differences below this are noise at a few thousand evaluation images.
 AUROC_TIE = 0.005
+# Without real outlier images there is nothing honest to choose on, so a fixed choice is served:
+# OpenOOD's feature-space KNN fused with the head's energy keeps both kinds of signal (ml.ood.fused).
+FALLBACK_DEFAULT = "fused"
 
 
 def make_detectors(seed: int = 0, include_other: bool = True) -> dict[str, OODDetector]:
-    """Fresh, unfitted detectors by name: the reference design, its variants and literature methods."""
+    """Fresh, unfitted detectors by name: literature methods, a fused score and outlier-exposure heads."""
     detectors: dict[str, OODDetector] = {
-        "isolation_forest": IsolationForestDetector("isolation_forest", seed=seed),
-        "iforest_global": IsolationForestDetector("iforest_global", per_class=False, seed=seed),
-        "iforest_pixels": IsolationForestDetector("iforest_pixels", inputs="pixels", seed=seed),
-        "iforest_all": IsolationForestDetector("iforest_all", correct_only=False, seed=seed),
-        "knn": KNNDetector(seed=seed),
+        "msp": MSPDetector(),
+        "energy": EnergyDetector(),
         "mahalanobis": MahalanobisDetector(),
         "vim": ViMDetector(seed=seed),
-        "energy": EnergyDetector(),
-        "msp": MSPDetector(),
+        "knn": KNNDetector(seed=seed),
+        "fused": FusedDetector("fused", ("knn", "energy"), seed=seed),
+        "fused3": FusedDetector("fused3", ("knn", "mahalanobis", "energy"), seed=seed),
     }
     if include_other:
         detectors["other_class"] = OtherClassDetector(seed=seed)

@@ -1,4 +1,9 @@
-"""Fit, calibrate and compare every detector on one model's features (no MLflow, no TensorFlow)."""
+"""Fit, calibrate, evaluate and choose among the detectors on one model's features (no MLflow, no TF).
+
+Outlier images play three class-disjoint roles: `outlier_fit` trains the outlier-exposure heads,
+`outlier_calibrate` decides per-class against global thresholds, and `ood_sets` (held-out classes)
+choose the default detector. Synthetic noise only ever lands in `sanity_sets`: reported, never chosen on.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ml.ood.base import OODDetector, OODFeatures
-from ml.ood.catalog import make_detectors, pick_default
+from ml.ood.catalog import FALLBACK_DEFAULT, make_detectors, pick_default
 from ml.ood.evaluate import evaluate_detector
-from ml.ood.forests import OtherClassDetector
+from ml.ood.exposure import OtherClassDetector
 
 log = logging.getLogger(__name__)
+# Per-class thresholds must catch this many more calibrate-group outliers than one global threshold
+# (same ID acceptance) to be used: below it the difference is noise and global is simpler.
+PER_CLASS_MIN_GAIN = 0.02
+PRIMARY_SET = "heldout"
+
+
+class SelectionError(ValueError):
+    """The default detector cannot be chosen honestly from what was evaluated."""
 
 
 @dataclass
 class OODData:
-    """Features of every split the evaluation needs; `ood_sets` are ordered, the first is primary."""
+    """Features of every split the evaluation needs (see the module docstring for the outlier roles)."""
 
     train: OODFeatures
     train_labels: np.ndarray
     val: OODFeatures
     test: OODFeatures | None = None
-    ood_sets: dict[str, OODFeatures] = field(default_factory=dict)
-    outlier_train: OODFeatures | None = None  # for the 'other' class; never part of ood_sets
+    ood_sets: dict[str, OODFeatures] = field(default_factory=dict)  # held-out real outlier classes
+    outlier_fit: OODFeatures | None = None
+    outlier_calibrate: OODFeatures | None = None
+    sanity_sets: dict[str, OODFeatures] = field(default_factory=dict)  # synthetic: reported only
+    real_outliers_configured: bool = False
+    heldout_classes: list[str] = field(default_factory=list)
 
 
 def concat_features(parts: list[OODFeatures]) -> OODFeatures:
@@ -35,54 +52,96 @@ def concat_features(parts: list[OODFeatures]) -> OODFeatures:
                        np.concatenate([p.probs for p in parts]), pixels)
 
 
-def _fit_one(name: str, detector: OODDetector, data: OODData) -> OODDetector:
+def _fit_one(detector: OODDetector, data: OODData) -> OODDetector:
     if not isinstance(detector, OtherClassDetector):
         return detector.fit(data.train, data.train_labels)
     n_classes = data.train.probs.shape[1]
-    features = concat_features([data.train, data.outlier_train])
-    labels = np.r_[data.train_labels, np.full(len(data.outlier_train), n_classes)]
+    features = concat_features([data.train, data.outlier_fit])
+    labels = np.r_[data.train_labels, np.full(len(data.outlier_fit), n_classes)]
     return detector.fit(features, labels)
 
 
+def calibrate_best(detector: OODDetector, data: OODData, target_tpr: float) -> dict:
+    """Calibrate globally, or per class where that catches measurably more calibrate-group outliers."""
+    detector.calibrate(data.val, data.val.predicted, target_tpr, per_class=False)
+    if data.outlier_calibrate is None or not len(data.outlier_calibrate):
+        return {"threshold_mode": "global"}
+    catch_global = float(detector.score(data.outlier_calibrate).is_ood.mean())
+    detector.calibrate(data.val, data.val.predicted, target_tpr, per_class=True)
+    catch_class = float(detector.score(data.outlier_calibrate).is_ood.mean())
+    if catch_class - catch_global < PER_CLASS_MIN_GAIN:
+        detector.calibrate(data.val, data.val.predicted, target_tpr, per_class=False)
+    mode = "per_class" if detector.per_class_ else "global"
+    return {"threshold_mode": mode, "calibrate_catch_global": catch_global, "calibrate_catch_per_class": catch_class}
+
+
 def fit_detectors(data: OODData, target_tpr: float, seed: int = 0,
-                  only: tuple[str, ...] | None = None) -> tuple[dict[str, OODDetector], dict[str, float]]:
-    """Fit on train, calibrate per predicted class on val; returns detectors and fit seconds."""
-    include_other = data.outlier_train is not None and len(data.outlier_train) > 0
+                  only: tuple[str, ...] | None = None) -> tuple[dict[str, OODDetector], dict[str, dict]]:
+    """Fit on train, calibrate on val; returns detectors and per-detector fit facts (seconds, mode)."""
+    include_other = data.outlier_fit is not None and len(data.outlier_fit) > 0
     if not include_other:
-        log.info("OOD: no outlier images for the 'other' class (set VISIONLOOP_OOD_EVAL_ARCHIVE or use "
-                 "cifar100); skipping other_class")
+        log.info("OOD: no fit-group outlier images (set VISIONLOOP_OUTLIER_SOURCES); skipping other_class")
     detectors = make_detectors(seed=seed, include_other=include_other)
-    if data.train.pixels is None:
-        detectors = {n: d for n, d in detectors.items() if not d.needs_pixels}
     if only:
         detectors = {n: d for n, d in detectors.items() if n in only}
-    seconds = {}
+    facts = {}
     for name, detector in detectors.items():
         start = time.perf_counter()
-        _fit_one(name, detector, data).calibrate(data.val, data.val.predicted, target_tpr)
-        seconds[name] = time.perf_counter() - start
-        log.info("OOD: fitted %s in %.1f s", name, seconds[name])
-    return detectors, seconds
+        _fit_one(detector, data)
+        facts[name] = calibrate_best(detector, data, target_tpr)
+        facts[name]["fit_seconds"] = round(time.perf_counter() - start, 3)
+        log.info("OOD: fitted %s in %.1f s (%s thresholds)", name, facts[name]["fit_seconds"],
+                 facts[name]["threshold_mode"])
+    return detectors, facts
 
 
 def evaluate_all(detectors: dict[str, OODDetector], data: OODData) -> dict[str, dict]:
-    """One metrics row per detector (see ml.ood.evaluate.evaluate_detector)."""
-    return {name: evaluate_detector(det, data.val, data.ood_sets, data.test) for name, det in detectors.items()}
+    """One metrics row per detector over held-out and sanity sets (ml.ood.evaluate.evaluate_detector)."""
+    sets = {**data.ood_sets, **data.sanity_sets}
+    return {name: evaluate_detector(det, data.val, sets, data.test) for name, det in detectors.items()}
 
 
-def summarise(rows: dict[str, dict], seconds: dict[str, float], target_tpr: float) -> dict:
-    """summary.json content: the default detector (best primary AUROC, ties to the simpler) and every row."""
-    if not rows or not next(iter(rows.values()))["sets"]:
-        raise ValueError("OOD evaluation needs at least one OOD set")
-    default = pick_default({name: row["auroc"] for name, row in rows.items()})
-    primary = next(iter(next(iter(rows.values()))["sets"]))
-    detectors = {name: {**row, "fit_seconds": round(seconds.get(name, 0.0), 3)} for name, row in rows.items()}
+def require_real_sets(data: OODData) -> list[str]:
+    """Names of the held-out real outlier sets; an error when real outliers are configured but none is there."""
+    real = [name for name in data.ood_sets if not name.startswith("synthetic")]
+    if data.real_outliers_configured and not real:
+        raise SelectionError("real outlier sources are configured but no held-out outlier class reached "
+                             "evaluation; refusing to choose the OOD detector on synthetic images only "
+                             "(add outlier classes: each class goes wholly to fit, calibrate or evaluate)")
+    return real
+
+
+def select_default(rows: dict[str, dict], data: OODData) -> tuple[str, str]:
+    """(default detector, the set it was chosen on): best AUROC on held-out real outlier classes."""
+    real = require_real_sets(data)
+    if real:
+        primary = PRIMARY_SET if PRIMARY_SET in real else real[0]
+        return pick_default({name: row["sets"][primary]["auroc"] for name, row in rows.items()}), primary
+    log.warning("OOD: no real outlier images configured (VISIONLOOP_OUTLIER_SOURCES): serving %s untested "
+                "on real outliers; synthetic noise is reported but never chooses", FALLBACK_DEFAULT)
+    return (FALLBACK_DEFAULT if FALLBACK_DEFAULT in rows else next(iter(rows))), "none"
+
+
+def summarise(rows: dict[str, dict], facts: dict[str, dict], data: OODData, target_tpr: float) -> dict:
+    """summary.json content: the default, the set it was chosen on, and every row."""
+    if not rows:
+        raise ValueError("no detector was evaluated")
+    default, primary = select_default(rows, data)
+    detectors = {}
+    for name, row in rows.items():
+        main = row["sets"].get(primary, {})
+        detectors[name] = {**row, **facts.get(name, {}), "auroc": main.get("auroc"),
+                           "fpr_at_95_tpr": main.get("fpr_at_95_tpr"), "catch_rate": main.get("ood_reject_rate")}
     return {"default_detector": default, "primary_ood_set": primary, "target_tpr": target_tpr,
+            "heldout_classes": sorted(data.heldout_classes), "sanity_sets": sorted(data.sanity_sets),
+            "score": "ood_score = 1 - conformal p-value of the raw score among ID calibration scores of the "
+                     "predicted class (or all classes); is_ood when ood_score >= ood_threshold = target_tpr",
             "detectors": detectors}
 
 
 def run(data: OODData, target_tpr: float, seed: int = 0,
         only: tuple[str, ...] | None = None) -> tuple[dict[str, OODDetector], dict]:
     """Fit, calibrate and evaluate everything; returns (detectors, summary)."""
-    detectors, seconds = fit_detectors(data, target_tpr, seed, only)
-    return detectors, summarise(evaluate_all(detectors, data), seconds, target_tpr)
+    require_real_sets(data)  # fail before minutes of fitting, not after
+    detectors, facts = fit_detectors(data, target_tpr, seed, only)
+    return detectors, summarise(evaluate_all(detectors, data), facts, data, target_tpr)

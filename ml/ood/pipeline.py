@@ -13,10 +13,10 @@ import numpy as np
 
 from ml import layout
 from ml.config import Settings
-from ml.ood import fitting
+from ml.data.decode import default_workers
+from ml.ood import fitting, outlier_data
 from ml.ood.base import OODFeatures
 from ml.ood.evaluate import markdown_table, save_roc_plot
-from ml.ood.outliers import load_outlier_images, split_by_group
 from ml.ood.persist import save_detectors
 from ml.storage import ObjectStore, open_store
 
@@ -25,7 +25,7 @@ N_SYNTHETIC = 500  # noise / scrambled images: a far-OOD sanity set that needs n
 
 
 def _features(predictor, x: np.ndarray) -> OODFeatures:
-    return OODFeatures.from_prediction(predictor.predict_batched(x), pixels=x)
+    return OODFeatures.from_prediction(predictor.predict_batched(x))  # no detector reads pixels
 
 
 def load_split(store: ObjectStore, version: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,54 +48,40 @@ def synthetic_ood(x_val: np.ndarray, seed: int) -> np.ndarray:
     return np.concatenate([noise, flat.reshape(picks.shape)])
 
 
-def cifar100_outliers(settings: Settings) -> tuple[np.ndarray, np.ndarray] | None:
-    """Images of the CIFAR-100 superclasses not chosen as classes, when the archive is already cached."""
-    path = settings.downloads_dir / "cifar-100-python.tar.gz"
-    if "cifar100" not in settings.data_sources or not path.is_file():
-        return None
-    from ml.data.cifar import CIFAR100_BATCHES, read_pickles, rows_to_images
+def outlier_features(settings: Settings, predictor, sources: list[outlier_data.OutlierImages] | None = None) -> dict:
+    """OODData's outlier fields from VISIONLOOP_OUTLIER_SOURCES (or already loaded `sources`, e.g. from
+    a dataset snapshot), split by class (ml.ood.outlier_data)."""
+    if sources is None:
+        sources = outlier_data.load_sources(settings, workers=default_workers())
+    groups = outlier_data.split_by_class(sources)
+    for group, parts in groups.items():
+        log.info("OOD: %s group: %d images of %d classes from %s", group, sum(map(len, parts)),
+                 len({c for p in parts for c in p.classes}), ", ".join(p.name for p in parts) or "no source")
 
-    batches = read_pickles(path, CIFAR100_BATCHES + ("meta",))
-    coarse = np.array([n.decode() for n in batches["meta"][b"coarse_label_names"]])
-    groups = coarse[np.asarray(batches["test"][b"coarse_labels"])]  # the test batch: 10,000 images is plenty
-    keep = ~np.isin(groups, settings.classes)
-    return rows_to_images(batches["test"][b"data"])[keep], groups[keep]
+    def features(parts: list) -> OODFeatures | None:
+        return _features(predictor, np.concatenate([p.images for p in parts])) if parts else None
 
-
-def outlier_sets(settings: Settings, predictor) -> tuple[dict[str, OODFeatures], OODFeatures | None]:
-    """Evaluation sets and the part of the outliers kept out of them for the 'other' class."""
-    sets, train_parts = {}, []
-    sources = []
-    if settings.ood_eval_archive and not Path(settings.ood_eval_archive).exists():
-        log.warning("OOD: VISIONLOOP_OOD_EVAL_ARCHIVE=%s does not exist; evaluating without it",
-                    settings.ood_eval_archive)
-    elif settings.ood_eval_archive:
-        sources.append(("ood_archive", load_outlier_images(settings.ood_eval_archive)))
-    cifar = cifar100_outliers(settings)
-    if cifar is not None:
-        sources.append(("heldout_classes", cifar))
-    for name, (x, groups) in sources:
-        for_train, for_eval = split_by_group(groups, seed=settings.seed)
-        log.info("OOD: %s: %d images (%d groups) for evaluation, %d for the 'other' class", name,
-                 int(for_eval.sum()), len(np.unique(groups[for_eval])), int(for_train.sum()))
-        sets[name] = _features(predictor, x[for_eval])
-        train_parts.append(_features(predictor, x[for_train]))
-    outlier_train = fitting.concat_features(train_parts) if train_parts else None
-    return sets, outlier_train
+    evaluate = groups["evaluate"]
+    sets = {f"heldout_{p.name}": _features(predictor, p.images) for p in evaluate} if len(evaluate) > 1 else {}
+    if evaluate:
+        sets = {fitting.PRIMARY_SET: features(evaluate), **sets}  # all held-out classes together first
+    return {"ood_sets": sets, "outlier_fit": features(groups["fit"]),
+            "outlier_calibrate": features(groups["calibrate"]),
+            "real_outliers_configured": bool(outlier_data.configured_sources(settings)),
+            "heldout_classes": sorted({str(c) for p in evaluate for c in p.classes})}
 
 
 def build_data(settings: Settings, store: ObjectStore, version: str, predictor) -> tuple[fitting.OODData, list[str]]:
-    """Features of train (rotation copies excluded), val, test and every OOD set; plus the train ids."""
+    """Features of train (rotation copies excluded), val, test and the outlier groups; plus the train ids."""
     x, y, synthetic = load_split(store, version, "train")
     keep = np.flatnonzero(~synthetic)  # rotated copies would make rotated OOD images look familiar
     train = _features(predictor, x[keep])
     ids = [layout.image_id(version, "train", int(i)) for i in keep]
     x_val, _, _ = load_split(store, version, "val")
     x_test, _, _ = load_split(store, version, "test")
-    sets, outlier_train = outlier_sets(settings, predictor)
-    sets["synthetic_noise"] = _features(predictor, synthetic_ood(x_val, settings.seed))
     data = fitting.OODData(train, y[keep], _features(predictor, x_val), _features(predictor, x_test),
-                           sets, outlier_train)
+                           sanity_sets={"synthetic_noise": _features(predictor, synthetic_ood(x_val, settings.seed))},
+                           **outlier_features(settings, predictor))
     return data, ids
 
 
@@ -111,26 +97,41 @@ def write_bundle(out: Path, detectors: dict, summary: dict, data: fitting.OODDat
     shutil.copyfile(CLASSES_PATH, out / "imagenet" / CLASSES_PATH.name)  # the 1,000-class order it refers to
 
 
-def log_evaluation(client, run_id: str, detectors: dict, summary: dict, data: fitting.OODData, out: Path) -> None:
-    """Metrics per detector, the table (markdown + JSON) and the ROC plot of the primary OOD set."""
-    primary = summary["primary_ood_set"]
+def log_metrics(client, run_id: str, summary: dict) -> None:
+    """Per detector and set AUROC / FPR@95 / catch rate, the default's held-out numbers, and tags."""
+    primary, default = summary["primary_ood_set"], summary["default_detector"]
     for name, row in summary["detectors"].items():
-        client.log_metric(run_id, f"ood_auroc_{name}", row["auroc"])
-        client.log_metric(run_id, f"ood_fpr95_{name}", row["fpr_at_95_tpr"])
         client.log_metric(run_id, f"ood_id_reject_{name}", row["id_reject_rate"])
-        for set_name, metrics in row["sets"].items():
-            client.log_metric(run_id, f"ood_auroc_{name}_{set_name}", metrics["auroc"])
-    default = summary["default_detector"]
-    client.log_metric(run_id, "ood_default_auroc", summary["detectors"][default]["auroc"])
+        for set_name, m in row["sets"].items():
+            client.log_metric(run_id, f"ood_auroc_{name}_{set_name}", m["auroc"])
+            client.log_metric(run_id, f"ood_fpr95_{name}_{set_name}", m["fpr_at_95_tpr"])
+            client.log_metric(run_id, f"ood_catch_{name}_{set_name}", m["ood_reject_rate"])
+        if row["auroc"] is not None:  # on the primary (held-out) set only: never a synthetic number
+            client.log_metric(run_id, f"ood_auroc_{name}", row["auroc"])
+            client.log_metric(run_id, f"ood_fpr95_{name}", row["fpr_at_95_tpr"])
+    best = summary["detectors"][default]
+    if primary != "none":  # the gate reads ood_heldout_auroc: only ever real held-out outlier classes
+        for metric, key in (("auroc", "auroc"), ("fpr95", "fpr_at_95_tpr"), ("catch", "catch_rate")):
+            client.log_metric(run_id, f"ood_heldout_{metric}", best[key])
+        client.log_metric(run_id, "ood_default_auroc", best["auroc"])
     client.set_tag(run_id, "ood_default_detector", default)
     client.set_tag(run_id, "ood_primary_set", primary)
+    client.set_tag(run_id, "ood_threshold_mode", best["threshold_mode"])
+    client.set_tag(run_id, "ood_heldout_classes", ",".join(summary["heldout_classes"])[:4900] or "none")
+
+
+def log_evaluation(client, run_id: str, detectors: dict, summary: dict, data: fitting.OODData, out: Path) -> None:
+    """Metrics and tags, the table (markdown + JSON) and the ROC plot of the primary OOD set."""
+    log_metrics(client, run_id, summary)
+    primary = summary["primary_ood_set"]
+    sets = {**data.ood_sets, **data.sanity_sets}
+    shown = primary if primary in sets else next(iter(sets))
     report = out.parent / "report"
     report.mkdir()
-    (report / "ood_table.md").write_text(markdown_table(summary["detectors"], default))
+    (report / "ood_table.md").write_text(markdown_table(summary["detectors"], summary["default_detector"]))
     (report / "ood_table.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    curves = {name: (det.score_samples(data.val), det.score_samples(data.ood_sets[primary]))
-              for name, det in detectors.items()}
-    save_roc_plot(curves, report / "ood_roc.png", f"OOD: validation vs {primary}")
+    curves = {name: (det.score_samples(data.val), det.score_samples(sets[shown])) for name, det in detectors.items()}
+    save_roc_plot(curves, report / "ood_roc.png", f"OOD: validation vs {shown}")
     client.log_artifacts(run_id, str(report), "ood_evaluation")
 
 
@@ -154,8 +155,9 @@ def fit_and_log(settings: Settings, run_id: str) -> dict:
         for part in ("ood", "similarity", "imagenet"):
             client.log_artifacts(run_id, str(out / part), f"bundle/{part}")
         log_evaluation(client, run_id, detectors, summary, data, out)
-    rows = summary["detectors"]
-    default = summary["default_detector"]
-    log.info("OOD: default detector %s (AUROC %.4f on %s)", default, rows[default]["auroc"], summary["primary_ood_set"])
+    rows, default, primary = summary["detectors"], summary["default_detector"], summary["primary_ood_set"]
+    log.info("OOD: default detector %s (AUROC %s on %s, %s thresholds)", default, rows[default]["auroc"], primary,
+             rows[default]["threshold_mode"])
     return {"default_detector": default, "auroc": {name: row["auroc"] for name, row in rows.items()},
-            "primary_ood_set": summary["primary_ood_set"], "id_reject_rate": rows[default]["id_reject_rate"]}
+            "primary_ood_set": primary, "heldout_auroc": rows[default]["auroc"] if primary != "none" else None,
+            "id_reject_rate": rows[default]["id_reject_rate"]}

@@ -1,4 +1,5 @@
-"""fit_and_log against a real MLflow server and a smoke-trained run: metrics, table, plot and bundle/ artifacts."""
+"""fit_and_log against a real MLflow server and a smoke-trained run: metrics on held-out outlier classes,
+table, plot and bundle/ artifacts stored without pickle."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml.ood.outlier_data import class_groups
 from tests.fixtures.training import smoke_run  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
 
-def outlier_archive(path, n_groups: int = 4, per_group: int = 15):
+def outlier_archive(path, n_groups: int = 6, per_group: int = 15):
     """A flat archive of ImageNet-style names: checkerboards and gradients unlike the tiny snapshot's stripes."""
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as tar:
@@ -36,16 +38,17 @@ def fitted(smoke_run, tmp_path_factory):  # noqa: F811
     from ml.ood.pipeline import fit_and_log
 
     archive = outlier_archive(tmp_path_factory.mktemp("ood") / "ood.tar.gz")
-    settings = smoke_run.settings.with_(ood_eval_archive=str(archive))
+    settings = smoke_run.settings.with_(outlier_sources=(f"folder:{archive}",))
     return fit_and_log(settings, smoke_run.run_id)
 
 
 def test_result_names_default_and_every_detector(fitted):
     assert fitted["default_detector"] in fitted["auroc"]
-    assert {"isolation_forest", "iforest_global", "iforest_pixels", "iforest_all", "knn", "mahalanobis",
-            "energy", "msp", "vim", "other_class", "other_binary"} <= set(fitted["auroc"])
-    assert fitted["primary_ood_set"] == "ood_archive"
+    assert {"knn", "mahalanobis", "energy", "msp", "vim", "fused", "fused3", "other_class",
+            "other_binary"} == set(fitted["auroc"])
+    assert fitted["primary_ood_set"] == "heldout"
     assert all(0.0 <= v <= 1.0 for v in fitted["auroc"].values())
+    assert fitted["heldout_auroc"] == fitted["auroc"][fitted["default_detector"]]
 
 
 def test_metrics_tags_and_evaluation_artifacts_are_logged(smoke_run, fitted):  # noqa: F811
@@ -55,8 +58,16 @@ def test_metrics_tags_and_evaluation_artifacts_are_logged(smoke_run, fitted):  #
     run = client.get_run(smoke_run.run_id)
     for name in fitted["auroc"]:
         assert run.data.metrics[f"ood_auroc_{name}"] == pytest.approx(fitted["auroc"][name])
+        assert run.data.metrics[f"ood_auroc_{name}_heldout"] == pytest.approx(fitted["auroc"][name])
+        for metric in ("fpr95", "catch"):
+            assert f"ood_{metric}_{name}_heldout" in run.data.metrics
+            assert f"ood_{metric}_{name}_synthetic_noise" in run.data.metrics
         assert f"ood_fpr95_{name}" in run.data.metrics and f"ood_id_reject_{name}" in run.data.metrics
+    assert run.data.metrics["ood_heldout_auroc"] == pytest.approx(fitted["heldout_auroc"])
     assert run.data.tags["ood_default_detector"] == fitted["default_detector"]
+    assert run.data.tags["ood_primary_set"] == "heldout"
+    groups = class_groups([f"n9{g:07d}" for g in range(6)])  # only the evaluate group's classes were scored
+    assert run.data.tags["ood_heldout_classes"].split(",") == sorted(c for c, g in groups.items() if g == "evaluate")
     report = {f.path for f in client.list_artifacts(smoke_run.run_id, "ood_evaluation")}
     assert report == {"ood_evaluation/ood_roc.png", "ood_evaluation/ood_table.md", "ood_evaluation/ood_table.json"}
 
@@ -70,6 +81,9 @@ def test_bundle_loads_back_and_works(smoke_run, fitted, tmp_path):  # noqa: F811
 
     root = mlflow.artifacts.download_artifacts(f"runs:/{smoke_run.run_id}/bundle", dst_path=str(tmp_path))
     summary = load_summary(f"{root}/ood")
+    from pathlib import Path
+
+    assert {p.suffix for p in Path(root, "ood").iterdir()} == {".json", ".npz"}  # no joblib, no pickle
     assert summary["default_detector"] == fitted["default_detector"]
     detector = load_default_detector(f"{root}/ood")
     rng = np.random.default_rng(0)

@@ -81,3 +81,23 @@ def test_fewer_candidates_than_k_returns_what_exists():
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError):
         SimilarityIndex().fit(np.zeros((3, 4)), np.zeros(2), ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("k, top_classes", [(4, 4), (1, 1), (7, 2), (3, 6)])
+def test_query_batch_returns_what_query_returns_for_each_image(index_data, k, top_classes):
+    embeddings, labels, ids = index_data
+    index = SimilarityIndex().fit(embeddings, labels, ids)
+    rng = np.random.default_rng(3)
+    queries, probs = rng.normal(size=(25, D)), rng.dirichlet(np.ones(C), size=25)
+    batch = index.query_batch(queries, probs, k=k, top_classes=top_classes)
+    assert len(batch) == 25
+    for q, p, hits in zip(queries, probs, batch, strict=True):
+        one = index.query(q, p, k=k, top_classes=top_classes)
+        assert [h.id for h in hits] == [h.id for h in one] and [h.label for h in hits] == [h.label for h in one]
+        assert [h.distance for h in hits] == pytest.approx([h.distance for h in one], abs=1e-5)
+
+
+def test_query_batch_with_fewer_candidates_than_k():
+    index = SimilarityIndex().fit(np.eye(3, 4), np.array([0, 1, 2]), ["a:train:0", "a:train:1", "a:train:2"])
+    hits = index.query_batch(np.ones((2, 4)), np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]]), k=4, top_classes=1)
+    assert [[h.id for h in row] for row in hits] == [["a:train:0"], ["a:train:2"]]
