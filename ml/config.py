@@ -60,28 +60,45 @@ class Settings:
     cifar100_url: str = ""
     cifar100_md5: str = ""
     class_target: int = 5000  # images per class after balancing
+    corrections_holdout: float = 0.3  # share of user corrections held out of training, for the gate
     seed: int = 1337
     # Training.
     profile: str = "standard"
     arch: str = ""  # empty: the profile's default architecture
+    train_init: str = ""  # empty: the profile's (scratch); "champion" fine-tunes the serving champion
+    feedback_weight: int = 0  # copies of each corrected image per training epoch; 0: the profile's
     train_schedule: str = "@weekly"  # "none" switches the time schedule off
     # Registry gate.
     gate_min_accuracy: float = 0.5
     gate_epsilon: float = 0.01  # allowed test-accuracy loss against the champion
     gate_max_recall_drop: float = 0.05  # allowed per-class recall loss against the champion
+    gate_min_corrections_gain: float = 0.0  # the candidate must beat the champion on corrections by more
+    gate_max_ood_auroc_drop: float = 0.02  # allowed ood_heldout_auroc loss against the champion
     # OOD: acceptance rate of in-distribution validation images per class.
     # 0.96, not 0.95: thresholds calibrated on val reject a slightly different share of unseen
     # images (5.05 % on the test split at 0.95 in bench/ood.py), and 5 % is the promise.
     ood_target_tpr: float = 0.96
     ood_eval_archive: str = ""  # optional archive of OOD images evaluated at training time
+    # Real outlier images, comma separated: folder:<path or archive>, cifar100-unchosen (ml.ood.outlier_data);
+    # split by class into fit / calibrate / evaluate groups.
+    outlier_sources: tuple[str, ...] = ()
     imagenet_enabled: bool = True
     # Serving.
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
     max_upload_mb: float = 10.0
+    max_batch_upload_mb: float = 64.0  # whole /classify_batch body, checked while streaming
+    max_image_pixels: int = 40_000_000  # decoded pixels per image, checked from the header
+    feedback_rate_per_s: float = 1.0  # corrections per client address (token bucket refill)
+    feedback_burst: int = 30  # corrections a client may send at once
+    serve_workers: int = 1  # BentoML workers; each gets its own spool <home>/spool/worker-<i>
+    bundle_retry_max_s: float = 900.0  # backoff cap for retrying a champion that failed to load
     alias_poll_seconds: float = 30.0
     request_log_batch: int = 200  # records per shipped object
     request_log_interval_s: float = 5.0
+    # Spool cap: past it requests get 503 + Retry-After until the shipper catches up.
+    request_log_max_spool_mb: float = 1024.0
+    spool_dir: Path | None = None  # default: <home>/spool; one directory per writing process
     # Monitoring and the closed loop.
     drift_schedule: str = "@hourly"
     drift_alpha: float = 0.05  # family-wise false-alarm rate per window
@@ -91,6 +108,9 @@ class Settings:
     # Local platform.
     mlflow_port: int = 5000
     airflow_port: int = 8080
+    # Services mode: >0 runs Airflow's components with CeleryExecutor and this many workers
+    # against external PostgreSQL/Redis (docs/scaling.md); 0 runs `airflow standalone` on SQLite.
+    celery_workers: int = 0
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -9,6 +9,9 @@ DATASETS = "datasets/"
 REQUESTS = "requests/"
 FEEDBACK = "feedback/"
 MONITORING = "monitoring/"
+# Outside requests/ on purpose: monitoring lists requests/ after its watermark, and one small object
+# per request there would be re-listed every window.
+REQUEST_IDS = "request-ids/"
 
 
 def dataset_prefix(version: str) -> str:
@@ -58,6 +61,11 @@ def request_batch(shipped_at: datetime, batch_id: str) -> str:
 
 def request_image(shipped_at: datetime, request_id: str, ext: str) -> str:
     return f"{hour_prefix(shipped_at)}images/{request_id}.{ext.lstrip('.')}"
+
+
+def request_pointer(request_id: str) -> str:
+    """Where a shipped request's image is and what was predicted: feedback from any worker or replica."""
+    return f"{REQUEST_IDS}{request_id}.json"
 
 
 def is_request_batch(key: str) -> bool:

@@ -74,6 +74,7 @@ class FeedbackRecord:
     created_at: str
     image_key: str
     source: str = "web"
+    image_sha256: str = ""  # of the image at image_key (the request's original bytes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

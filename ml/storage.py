@@ -104,6 +104,7 @@ class LocalStore(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -117,6 +118,10 @@ class LocalStore(ObjectStore):
                 f"cannot write {path}: {exc.strerror}; set VISIONLOOP_LOCAL_STORE or VISIONLOOP_HOME "
                 "to a writable directory"
             ) from None
+        except OSError as exc:  # disk full and the like: the store is unusable, not the data bad
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            raise StorageUnavailable(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -1,20 +1,25 @@
-"""The spool's files: append-only segments (JSONL envelopes + image bytes) and the sqlite index."""
+"""The spool's files: append-only segments (JSONL envelopes + image bytes), the segment counter and the lock."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from ml.requestlog import failpoints
+from ml.requestlog.errors import SpoolCorrupt, SpoolLocked
 
 log = logging.getLogger(__name__)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
-def _paths(directory: Path, seq: int) -> tuple[Path, Path]:
+def segment_paths(directory: Path, seq: int) -> tuple[Path, Path]:
     return directory / f"{seq:012d}.jsonl", directory / f"{seq:012d}.bin"
 
 
@@ -33,21 +38,16 @@ def write_durably(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def read_envelopes(directory: Path, seq: int) -> Iterator[dict]:
-    """Every complete envelope of a segment; a torn last line (power loss) is skipped."""
-    jsonl, _ = _paths(directory, seq)
-    with open(jsonl, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                yield json.loads(line)
-            except ValueError:
-                log.warning("spool segment %s line %d is torn; skipped", jsonl.name, number)
+def read_lines(directory: Path, seq: int) -> Iterator[bytes]:
+    """Every line of a segment's JSONL, raw (validation is the caller's)."""
+    with open(segment_paths(directory, seq)[0], "rb") as handle:
+        yield from handle
 
 
 def read_blob(directory: Path, seq: int, offset: int, length: int) -> bytes | None:
-    """Bytes of one spooled image, or None once its segment has been shipped and removed."""
+    """Bytes of one spooled image, or None once its segment is gone or too short (torn)."""
     try:
-        with open(_paths(directory, seq)[1], "rb") as handle:
+        with open(segment_paths(directory, seq)[1], "rb") as handle:
             handle.seek(offset)
             data = handle.read(length)
         return data if len(data) == length else None
@@ -55,18 +55,72 @@ def read_blob(directory: Path, seq: int, offset: int, length: int) -> bytes | No
         return None
 
 
-class SpoolWriter:
-    """Appends envelopes to the current segment; tracks every segment not yet shipped."""
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is in; a short write that makes no progress is a full disk."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[written:]
 
-    def __init__(self, directory: Path, max_records: int, fsync_each: bool = False):
+
+class SpoolLock:
+    """An exclusive flock on `<spool>/lock`, held for the process lifetime: one writer per spool."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise SpoolLocked(
+                f"spool {directory} is locked by pid {holder}; give each process (each serving worker) its own "
+                "spool directory (VISIONLOOP_SPOOL_DIR)") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+class SegmentCounter:
+    """The next segment number, persisted: numbers never repeat, even once every segment has shipped."""
+
+    def __init__(self, path: Path, floor: int = 0):
+        self.path = path
+        try:
+            stored = int(path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            stored = 0  # lost or torn: the floor (segments on disk, index rows) still prevents reuse
+        self.next = max(stored, floor)
+
+    def take(self) -> int:
+        """Reserve one number durably before any file of it exists."""
+        seq = self.next
+        write_durably(self.path, f"{seq + 1}\n".encode())
+        self.next = seq + 1
+        return seq
+
+
+class SpoolWriter:
+    """Appends envelopes to the current segment; tracks every segment not yet shipped and their bytes."""
+
+    def __init__(self, directory: Path, max_records: int, counter: SegmentCounter, fsync_each: bool = False):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.max_records, self.fsync_each = max_records, fsync_each
-        self.segments: dict[int, dict] = {}  # seq -> {"count", "sealed"}
+        self.max_records, self.counter, self.fsync_each = max_records, counter, fsync_each
+        self.segments: dict[int, dict] = {}  # seq -> {"count", "sealed", "bytes"}
         self.current: int | None = None
         self._fds: tuple[int, int] | None = None
-        self._offset, self._opened = 0, 0.0
+        self._sizes = [0, 0]  # jsonl, bin
+        self._opened = 0.0
         self._dirty = False
+        self._last: tuple[int | None, int, int] = (None, 0, 0)
 
     @property
     def count(self) -> int:
@@ -80,43 +134,81 @@ class SpoolWriter:
     def pending(self) -> int:
         return sum(seg["count"] for seg in list(self.segments.values()))
 
+    @property
+    def bytes(self) -> int:
+        return sum(seg["bytes"] for seg in list(self.segments.values()))
+
     def age_s(self) -> float:
         return time.monotonic() - self._opened if self.current is not None else 0.0
 
-    def existing_segments(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.dir.glob("*.jsonl"))
-
     def adopt(self, seq: int, count: int, sealed: bool) -> None:
         """Take over a segment a previous process left behind (closed: it will be sealed)."""
-        self.segments[seq] = {"count": count, "sealed": sealed}
+        size = sum(p.stat().st_size for p in segment_paths(self.dir, seq) if p.exists())
+        self.segments[seq] = {"count": count, "sealed": sealed, "bytes": size}
 
     def append(self, prefix: str, record_json: str, blob: bytes) -> tuple[int, int, int]:
-        """Write the blob, then one envelope line pointing at it; returns (seq, offset, length)."""
+        """Write the blob, then one envelope line pointing at it; all or nothing. Returns (seq, offset, length)."""
         if self.current is None or self.full:
             self.rotate()
             self._open()
         jsonl_fd, bin_fd = self._fds
-        offset = self._offset
-        if blob:
-            os.write(bin_fd, blob)
-            self._offset += len(blob)
-        line = f'{prefix}{record_json},"blob":[{offset},{len(blob)}]}}\n'
-        os.write(jsonl_fd, line.encode())
-        self.segments[self.current]["count"] += 1
+        offset = self._sizes[1]
+        line = f'{prefix}{record_json},"blob":[{offset},{len(blob)}]}}\n'.encode()
+        try:
+            failpoints.hit("enospc_on_write")
+            if blob:
+                _write_all(bin_fd, blob)
+            _write_all(jsonl_fd, line)
+        except OSError:
+            self._truncate()  # the segment stays exactly as it was before this record
+            raise
+        self._sizes[0] += len(line)
+        self._sizes[1] += len(blob)
+        seg = self.segments[self.current]
+        seg["count"] += 1
+        seg["bytes"] += len(line) + len(blob)
         self._dirty = True
+        self._last = (self.current, len(line), len(blob))
         if self.fsync_each:
             self.sync()
         return self.current, offset, len(blob)
 
+    def undo_last(self) -> None:
+        """Drop the record just appended (its index row could not be written)."""
+        seq, line_len, length = self._last
+        if seq != self.current or seq is None:
+            return
+        self._sizes[0] -= line_len
+        self._sizes[1] -= length
+        self._truncate()
+        seg = self.segments[seq]
+        seg["count"] -= 1
+        seg["bytes"] -= line_len + length
+        self._last = (None, 0, 0)
+
+    def _truncate(self) -> None:
+        for fd, size in zip(self._fds, self._sizes, strict=True):
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                log.exception("could not roll back a partial spool write")
+
     def _open(self) -> None:
-        seq = max([*self.segments, *self.existing_segments(), -1]) + 1
-        jsonl, binary = _paths(self.dir, seq)
-        self._fds = (os.open(jsonl, _FLAGS, 0o644), os.open(binary, _FLAGS, 0o644))
-        self.current, self._offset, self._opened = seq, 0, time.monotonic()
-        self.segments[seq] = {"count": 0, "sealed": False}
+        seq = self.counter.take()
+        jsonl, binary = segment_paths(self.dir, seq)
+        fds = [os.open(jsonl, _FLAGS, 0o644)]
+        try:
+            fds.append(os.open(binary, _FLAGS, 0o644))
+        except OSError:
+            os.close(fds[0])
+            raise
+        self._fds = (fds[0], fds[1])
+        self.current, self._sizes, self._opened = seq, [0, 0], time.monotonic()
+        self.segments[seq] = {"count": 0, "sealed": False, "bytes": 0}
 
     def sync(self) -> None:
         if self._fds and self._dirty:
+            failpoints.hit("before_fsync")
             for fd in self._fds:
                 os.fsync(fd)
             self._dirty = False
@@ -124,9 +216,11 @@ class SpoolWriter:
     def rotate(self) -> None:
         """Close the current segment; it becomes a candidate for sealing."""
         if self._fds:
-            self.sync()
-            for fd in self._fds:
-                os.close(fd)
+            try:
+                self.sync()
+            finally:
+                for fd in self._fds:
+                    os.close(fd)
         self._fds, self.current = None, None
 
     close = rotate
@@ -135,49 +229,57 @@ class SpoolWriter:
         return sorted(s for s, seg in self.segments.items() if s != self.current and not seg["sealed"])
 
     def mark_sealed(self, seq: int) -> None:
-        self.segments[seq]["sealed"] = True
+        if seq in self.segments:
+            self.segments[seq]["sealed"] = True
 
     def forget(self, seq: int) -> None:
         """Remove a shipped segment's files."""
-        for path in _paths(self.dir, seq):
+        for path in segment_paths(self.dir, seq):
             path.unlink(missing_ok=True)
         self.segments.pop(seq, None)
 
 
-class SpoolIndex:
-    """request_id -> where its image is and what was predicted; survives restarts."""
+def parse_envelope(line: bytes) -> dict:
+    """One JSONL line as an envelope dict with the fields the shipper needs; SpoolCorrupt otherwise."""
+    try:
+        env = json.loads(line)
+        blob, rec = env["blob"], env["record"]
+        ok = (isinstance(env, dict) and env.get("kind") in ("request", "feedback") and isinstance(rec, dict)
+              and isinstance(env.get("ext"), str) and isinstance(rec.get("request_id"), str)
+              and isinstance(blob, list) and len(blob) == 2 and all(isinstance(v, int) and v >= 0 for v in blob))
+        if ok and env["kind"] == "request":
+            ok = all(isinstance(rec.get(k), str) for k in ("label", "model_version", "image_sha256"))
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise SpoolCorrupt("not a spool envelope")
+    return env
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, segment INTEGER, "
-            "offset INTEGER, length INTEGER, ext TEXT, image_key TEXT, label TEXT, model_version TEXT)")
-        self.db.commit()
 
-    def add(self, request_id: str, seq: int, offset: int, length: int, ext: str, label: str,
-            model_version: str, ignore_existing: bool = False) -> None:
-        verb = "INSERT OR IGNORE" if ignore_existing else "INSERT OR REPLACE"
-        self.db.execute(f"{verb} INTO requests VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
-                        (request_id, seq, offset, length, ext, label, model_version))
+def blob_sha(env: dict) -> str | None:
+    """The sha256 an envelope's bytes must have (None: an unverifiable legacy feedback copy)."""
+    return env["record"]["image_sha256"] if env["kind"] == "request" else env.get("sha256")
 
-    def set_image_keys(self, pairs: list[tuple[str, str]]) -> None:
-        self.db.executemany("UPDATE requests SET image_key = ? WHERE request_id = ?",
-                            [(key, rid) for rid, key in pairs])
-        self.db.commit()
 
-    def get(self, request_id: str) -> dict | None:
-        cursor = self.db.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([c[0] for c in cursor.description], row, strict=True))
-
-    def commit(self) -> None:
-        self.db.commit()
-
-    def close(self) -> None:
-        self.db.commit()
-        self.db.close()
+def check_envelopes(directory: Path, seq: int) -> tuple[list[dict], list[bytes]]:
+    """A segment's envelopes whose bytes fit in the .bin and match their sha256, and the bad raw lines."""
+    good, bad = [], []
+    binary = segment_paths(directory, seq)[1]
+    with open(binary, "rb") if binary.exists() else open(os.devnull, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for raw in read_lines(directory, seq):
+            try:
+                env = parse_envelope(raw)
+                offset, length = env["blob"]
+                if offset + length > size:
+                    raise SpoolCorrupt("image bytes past the end of the segment (torn)")
+                expected = blob_sha(env)
+                if length and expected:  # empty: a record spooled before hashes were kept
+                    handle.seek(offset)
+                    if hashlib.sha256(handle.read(length)).hexdigest() != expected:
+                        raise SpoolCorrupt("image bytes do not match their sha256")
+                good.append(env)
+            except SpoolCorrupt as exc:
+                log.warning("spool segment %d: bad record (%s)", seq, exc)
+                bad.append(raw)
+    return good, bad

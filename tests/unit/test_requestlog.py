@@ -89,6 +89,7 @@ def test_restart_keeps_unshipped_records_and_index(settings, store):
     rlog.log_request(make_record(), b"y", "png")  # unsealed when the process "dies"
     rlog.writer.close()
     rlog.index.close()
+    rlog.spool_lock.release()  # the process is gone: so is its flock
 
     store.down = False
     again = RequestLog(settings, store)
