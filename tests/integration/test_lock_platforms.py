@@ -16,9 +16,11 @@ import pytest
 
 from tests.conftest import REPO
 
-PLATFORMS = {  # uv's --python-platform name for each environment in pyproject's [tool.uv]
+# uv's --python-platform name for each environment in pyproject's [tool.uv]. On aarch64 the
+# floor is glibc 2.35 (Debian 12, Ubuntu 22.04): OpenVINO publishes no older aarch64 wheel.
+PLATFORMS = {
     "linux x86_64": "x86_64-manylinux_2_28",
-    "linux aarch64": "aarch64-manylinux_2_28",
+    "linux aarch64": "aarch64-manylinux_2_35",
     "macOS arm64": "aarch64-apple-darwin",
 }
 
