@@ -65,18 +65,49 @@ class ServingBundle:
 
     @classmethod
     def from_registry(cls, settings: Settings, alias: str = "champion") -> ServingBundle:
-        """Resolve the alias, load the Keras model and download `runs:/<run_id>/bundle` once per version."""
+        """Resolve the alias, fetch its run's `bundle/` and `model/` (cached by run id), verify, load, smoke-test.
+
+        Raises BundleRejected when the files differ from the gate's recorded digests or the
+        loaded bundle fails its smoke test; the caller keeps serving what it has.
+        """
         import mlflow
         from mlflow import MlflowClient
 
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         mv = MlflowClient().get_model_version_by_alias(settings.model_name, alias)
-        target = Path(settings.home).absolute() / "serving" / "bundles" / str(mv.version)
-        if not (target / "bundle" / "bundle.json").is_file():
-            _download_bundle(mv.run_id, target)
-        model = _load_registered_model(settings.model_name, str(mv.version), target)
-        return cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id,
-                            imagenet=settings.imagenet_enabled)
+        target = Path(settings.home).absolute() / "serving" / "bundles" / str(mv.run_id)
+        for artifact in ("bundle", "model"):
+            if not (target / artifact).is_dir():
+                _download_artifact(mv.run_id, artifact, target)
+        verify_digests(target, dict(mv.tags or {}), str(mv.version))
+        import mlflow.keras
+
+        model = mlflow.keras.load_model(str(target / "model"))
+        bundle = cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id,
+                              imagenet=settings.imagenet_enabled)
+        bundle.smoke_test()
+        return bundle
+
+    def smoke_test(self, n: int = 4) -> None:
+        """Fail (BundleRejected) unless a few fixed images give finite probabilities over exactly our classes."""
+        rng = np.random.default_rng(0)
+        images = np.concatenate([np.full((1, 32, 32, 3), 128, np.uint8),
+                                 rng.integers(0, 256, (n - 1, 32, 32, 3), dtype=np.uint8)])
+        try:
+            pred = self.predictor.predict(images)
+            probs = np.asarray(pred.probs, dtype=np.float64)
+        except Exception as exc:
+            raise BundleRejected("smoke", f"version {self.version}: the model failed on test images: {exc}") from exc
+        if probs.shape != (n, len(self.classes)):
+            raise BundleRejected("smoke", f"version {self.version}: the model outputs {probs.shape[-1]} "
+                                 f"probabilities but the bundle lists {len(self.classes)} classes")
+        if not np.isfinite(probs).all() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+            raise BundleRejected("smoke", f"version {self.version}: the model's probabilities are not finite "
+                                 "or do not sum to 1")
+        try:
+            self.classify(images)  # detector, index and statistics must accept the model's outputs too
+        except Exception as exc:
+            raise BundleRejected("smoke", f"version {self.version}: classify failed on test images: {exc}") from exc
 
     def classify(self, images: np.ndarray) -> list[dict]:
         """Classify uint8 (N, 32, 32, 3) images: label, probabilities, OOD verdict, neighbours, stats."""
@@ -253,29 +284,42 @@ class TrainingImages:
         return self._arrays[(version, split)]
 
 
-def _download_bundle(run_id: str, target: Path) -> None:
+class BundleRejected(RuntimeError):
+    """A champion's files or behaviour failed a check before the swap; `reason` is "digest" or "smoke"."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def verify_digests(target: Path, tags: dict[str, str], version: str) -> None:
+    """Compare the downloaded `bundle/` and `model/` with the gate's tags; a mismatch drops the cache."""
+    from ml.digests import tree_digest
+
+    for artifact in ("bundle", "model"):
+        expected = tags.get(f"gate.{artifact}_sha256", "")
+        if not expected:
+            log.warning("version %s has no gate.%s_sha256 tag: serving its %s unverified", version, artifact, artifact)
+            continue
+        actual = tree_digest(target / artifact)
+        if actual != expected:
+            shutil.rmtree(target / artifact, ignore_errors=True)  # the next attempt downloads it again
+            raise BundleRejected("digest", f"version {version}: {artifact}/ digest {actual[:12]} differs "
+                                 f"from the registered {expected[:12]}")
+
+
+def _download_artifact(run_id: str, artifact: str, target: Path) -> None:
+    """Download `runs:/<run_id>/<artifact>` to `target/<artifact>`: it appears whole or not at all."""
     import mlflow
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=".download-"))
     try:
-        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/bundle", dst_path=str(staging))
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target / "bundle", ignore_errors=True)
-        (staging / "bundle").rename(target / "bundle")  # appears whole or not at all
+        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{artifact}", dst_path=str(staging))
+        shutil.rmtree(target / artifact, ignore_errors=True)
+        (staging / artifact).rename(target / artifact)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _load_registered_model(name: str, version: str, target: Path) -> Any:
-    """mlflow.keras.load_model with its temp copy kept under target (MLflow leaves it behind otherwise)."""
-    import mlflow
-
-    scratch = Path(tempfile.mkdtemp(dir=target, prefix=".model-"))
-    try:
-        return mlflow.keras.load_model(f"models:/{name}/{version}", dst_path=str(scratch))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _load_detector(directory: Path) -> Any:

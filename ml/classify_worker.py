@@ -27,10 +27,11 @@ _MAGIC = ((b"\x89PNG", "PNG", "png"), (b"\xff\xd8", "JPEG", "jpg"), (b"GIF8", "G
 
 @dataclass
 class Outcome:
-    """An HTTP status and its JSON body, ready to send."""
+    """An HTTP status and its JSON body (and extra headers, e.g. Retry-After), ready to send."""
 
     status: int
     body: bytes
+    headers: dict[str, str] | None = None
 
 
 def error_body(reason: str) -> bytes:
@@ -64,6 +65,15 @@ class ServingMetrics:
         self.batch_size = bentoml.metrics.Histogram(
             name="visionloop_batch_size", documentation="Images classified per model call",
             buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.spool_refusals = bentoml.metrics.Counter(
+            name="visionloop_spool_refusals", documentation="Requests answered 503: their record was not durable")
+        self.feedback_limited = bentoml.metrics.Counter(
+            name="visionloop_feedback_rate_limited", documentation="Corrections refused with 429 (rate limit)")
+        self.bundle_failures = bentoml.metrics.Counter(
+            name="visionloop_bundle_load_failures", documentation="Champion loads refused or failed, by reason",
+            labelnames=["reason"])
+        self.quarantined = bentoml.metrics.Gauge(
+            name="visionloop_spool_quarantined", documentation="Spool batches/files quarantined by the request log")
 
     def feedback(self, label: str) -> None:
         self.feedbacks.labels(label=label).inc()
@@ -72,10 +82,12 @@ class ServingMetrics:
 class ClassifyWorker:
     """One thread that drains waiting requests and classifies them in one batch (adaptive batching)."""
 
-    def __init__(self, requestlog: Any, max_bytes: int, max_batch: int = 64):
+    def __init__(self, requestlog: Any, max_bytes: int, max_batch: int = 64, max_pixels: int | None = None,
+                 formats: tuple[str, ...] = imaging.SERVING_FORMATS):
         import queue
 
         self.requestlog, self.max_bytes, self.max_batch = requestlog, max_bytes, max_batch
+        self.max_pixels, self.formats = max_pixels, formats
         self.bundle: ServingBundle | None = None  # swapped whole by the alias poller
         self.metrics = ServingMetrics()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -121,35 +133,73 @@ class ClassifyWorker:
                 break
 
     def process(self, blobs: list[bytes]) -> list[Outcome]:
-        """Decode each upload, classify the readable ones in one call, log and answer each."""
+        """Decode each upload, classify the readable ones in one call, log and answer each on its own."""
         import time
 
         start = time.perf_counter()
         bundle = self.bundle  # one reference for the whole batch: a swap never splits it
         if bundle is None:
-            return [Outcome(503, error_body("no champion model loaded yet; try again shortly"))] * len(blobs)
+            return [Outcome(503, error_body("no champion model loaded yet; try again shortly"),
+                            {"Retry-After": "5"})] * len(blobs)
         outcomes: list[Outcome | None] = [None] * len(blobs)
-        decoded = []
+        decoded: list[tuple[int, imaging.Prepared]] = []
         for i, data in enumerate(blobs):
-            if len(data) > self.max_bytes:
-                outcomes[i] = Outcome(413, error_body(f"image is larger than the {self.max_bytes} byte limit"))
-                continue
-            try:
-                image = imaging.decode_image(data)
-                decoded.append((i, image, imaging.to_model_input(image)))
-            except imaging.ImageTooLarge as exc:
-                outcomes[i] = Outcome(413, error_body(f"image has too many pixels: {exc}"))
-            except imaging.ImageDecodeError as exc:
-                outcomes[i] = Outcome(422, error_body(str(exc)))
+            prepared = self._prepare(data, bundle.imagenet is not None)
+            if isinstance(prepared, Outcome):
+                outcomes[i] = prepared
+            else:
+                decoded.append((i, prepared))
         if decoded:
             self.metrics.batch_size.observe(len(decoded))
-            results = bundle.classify(np.stack([d[2] for d in decoded]))
-            for (i, image, _), result in zip(decoded, results, strict=True):
-                outcomes[i] = self._answer(bundle, blobs[i], image, result, start)
+            for (i, prep), result in zip(decoded, self._classify(bundle, [d[1] for d in decoded]), strict=True):
+                outcomes[i] = result if isinstance(result, Outcome) else self._answer_safely(
+                    bundle, blobs[i], prep, result, start)
         self.metrics.backlog.set(self.requestlog.backlog())
         return outcomes
 
-    def _answer(self, bundle: ServingBundle, data: bytes, image: Any, res: dict, start: float) -> Outcome:
+    def _prepare(self, data: bytes, preview: bool) -> imaging.Prepared | Outcome:
+        """The 32x32 input (and preview) of one upload, or the 4xx outcome that says why not."""
+        if len(data) > self.max_bytes:
+            return Outcome(413, error_body(f"image is larger than the {self.max_bytes} byte limit"))
+        try:
+            return imaging.prepare(data, self.formats, self.max_pixels, preview=preview)
+        except imaging.ImageTooLarge as exc:
+            return Outcome(413, error_body(f"image has too many pixels: {exc}"))
+        except imaging.UnsupportedFormat as exc:
+            return Outcome(415, error_body(str(exc)))
+        except imaging.ImageDecodeError as exc:
+            return Outcome(422, error_body(str(exc)))
+        except Exception as exc:  # a decoder bug on one upload must not fail its batch
+            log.exception("could not decode an upload")
+            return Outcome(422, error_body(f"not a readable image: {type(exc).__name__}"))
+
+    def _classify(self, bundle: ServingBundle, items: list[imaging.Prepared]) -> list[dict | Outcome]:
+        """One model call for the batch; if it fails, each image alone, so one bad input fails only itself."""
+        try:
+            return list(bundle.classify(np.stack([p.pixels for p in items])))
+        except Exception:
+            if len(items) == 1:
+                log.exception("classification failed")
+                return [Outcome(500, error_body("internal error while classifying this image"))]
+            log.exception("batch classification failed; classifying its %d images one by one", len(items))
+        return [self._classify(bundle, [p])[0] for p in items]
+
+    def _answer_safely(self, bundle: ServingBundle, data: bytes, prep: imaging.Prepared, res: dict,
+                       start: float) -> Outcome:
+        """`_answer`, with a spool that cannot take the record answered 503 (never 200 unlogged)."""
+        from ml.requestlog import SpoolUnavailable
+
+        try:
+            return self._answer(bundle, data, prep, res, start)
+        except SpoolUnavailable as exc:
+            self.metrics.spool_refusals.inc()
+            return Outcome(503, error_body(f"request log unavailable: {exc.reason}"),
+                           {"Retry-After": str(max(1, int(exc.retry_after_s)))})
+        except Exception:
+            log.exception("answering a classified image failed")
+            return Outcome(500, error_body("internal error while answering this image"))
+
+    def _answer(self, bundle: ServingBundle, data: bytes, prep: imaging.Prepared, res: dict, start: float) -> Outcome:
         """Spool the request record and build the response body."""
         import hashlib
         import time
@@ -165,8 +215,8 @@ class ClassifyWorker:
             probabilities=res["probabilities"], is_ood=res["is_ood"], ood_score=res["ood_score"],
             ood_threshold=res["ood_threshold"], ood_detector=res["ood_detector"],
             pixel_entropy=res["pixel_entropy"], hist_distance=res["hist_distance"], embedding=res["embedding"],
-            image_sha256=hashlib.sha256(data).hexdigest(), image_format=fmt, width=image.width,
-            height=image.height, byte_size=len(data), latency_ms=round((time.perf_counter() - start) * 1000, 3))
+            image_sha256=hashlib.sha256(data).hexdigest(), image_format=fmt, width=prep.width,
+            height=prep.height, byte_size=len(data), latency_ms=round((time.perf_counter() - start) * 1000, 3))
         self.requestlog.log_request(record, data, ext)
         self.metrics.predictions.labels(label=res["label"]).inc()
         if res["is_ood"]:
@@ -177,7 +227,7 @@ class ClassifyWorker:
             "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
             "ood_threshold": round(res["ood_threshold"], 6),
             "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
-            "similar": res["similar"], "imagenet": bundle.suggest_imagenet(image),
+            "similar": res["similar"], "imagenet": bundle.suggest_imagenet(prep.preview),
         }
         return Outcome(200, json.dumps(body, separators=(",", ":")).encode())
 

@@ -6,6 +6,7 @@ Pure PIL + numpy: no TensorFlow here, so every caller gets the same pixels.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,29 +21,96 @@ DECODE_MIN_SIDE = 224
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+# Formats the service accepts (`Image.open(formats=...)`): every other Pillow plugin (TIFF,
+# PSD, PPM, TGA, ICO, ...) stays unreachable from an upload. Data import reads any format.
+SERVING_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+# Magic bytes of common formats outside the allow-list, so the refusal can name them.
+_OTHER_MAGIC = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"8BPS", "PSD"), (b"\x00\x00\x01\x00", "ICO"),
+                (b"P1", "PBM"), (b"P2", "PGM"), (b"P3", "PPM"), (b"P4", "PBM"), (b"P5", "PGM"), (b"P6", "PPM"),
+                (b"\x00\x00\x00\x0cjP", "JPEG 2000"), (b"%PDF", "PDF"), (b"<svg", "SVG"), (b"<?xml", "SVG/XML"))
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image PIL can read (or are truncated)."""
 
 
+class UnsupportedFormat(ImageDecodeError):
+    """The bytes are an image format outside the allow-list."""
+
+
 class ImageTooLarge(ValueError):
-    """The image has more pixels than PIL's decompression-bomb limit allows."""
+    """The image declares more pixels than the limit (checked from its header, before decoding)."""
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode bytes to an RGB image with EXIF orientation applied."""
+@dataclass
+class Prepared:
+    """One upload reduced to what serving keeps: the 32x32 input and a small preview, never the full image."""
+
+    pixels: np.ndarray  # (32, 32, 3) uint8 model input
+    preview: Image.Image | None  # short side <= DECODE_MIN_SIDE, for the ImageNet labeler
+    width: int  # as declared by the file
+    height: int
+    format: str  # PIL format name
+
+
+def decode_image(data: bytes, formats: tuple[str, ...] | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode bytes to an RGB image with EXIF orientation applied.
+
+    `formats` limits the Pillow plugins tried (None: all); `max_pixels` refuses an image whose
+    decoded size (the header's, or for JPEG the DCT-scaled one) exceeds it before any decoding.
+    """
+    return _decode(data, formats, max_pixels)[0]
+
+
+def prepare(data: bytes, formats: tuple[str, ...] | None = SERVING_FORMATS, max_pixels: int | None = None,
+            preview: bool = True) -> Prepared:
+    """Decode, reduce to the 32x32 model input (and an optional preview), drop the full-size image."""
+    img, (width, height), fmt = _decode(data, formats, max_pixels)
+    pixels = to_model_input(img)
+    small = None
+    if preview:
+        small = img.copy() if min(img.size) <= DECODE_MIN_SIDE else _shrink(img, DECODE_MIN_SIDE)
+    img.close()
+    return Prepared(pixels=pixels, preview=small, width=width, height=height, format=fmt)
+
+
+def _shrink(img: Image.Image, min_side: int) -> Image.Image:
+    scale = min_side / min(img.size)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+
+
+def _decode(data: bytes, formats: tuple[str, ...] | None,
+            max_pixels: int | None) -> tuple[Image.Image, tuple[int, int], str]:
+    """(RGB image, declared size, format name); raises ImageDecodeError or ImageTooLarge."""
     if not data:
         raise ImageDecodeError("empty image")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
+            declared, fmt = img.size, str(img.format)
             if img.format == "JPEG":
-                img.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))
+                img.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # DCT scaling: decode fewer pixels
+            if max_pixels and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{declared[0]}x{declared[1]} pixels; the limit is {max_pixels} pixels")
             img.load()  # forces full decode: catches truncated files here, not later
             ImageOps.exif_transpose(img, in_place=True)  # no copy: ~18% faster decoding
-            return to_rgb(img)
+            return to_rgb(img), declared, fmt
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(str(exc)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise _unidentified(data, formats) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, (ImageTooLarge, ImageDecodeError)):
+            raise
         raise ImageDecodeError(f"not a readable image: {exc}") from None
+
+
+def _unidentified(data: bytes, formats: tuple[str, ...] | None) -> ImageDecodeError:
+    """The error for bytes no allowed plugin recognised, naming the format when the magic tells it."""
+    accepted = f"; accepted formats: {', '.join(formats)}" if formats else ""
+    for magic, name in _OTHER_MAGIC:
+        if formats and data.startswith(magic) and name not in formats:
+            return UnsupportedFormat(f"{name} images are not accepted{accepted}")
+    return ImageDecodeError(f"not a readable image{accepted}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

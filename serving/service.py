@@ -4,6 +4,12 @@ One `@bentoml.service` class. The FastAPI routes (mounted with `@bentoml.asgi_ap
 give precise status codes and JSON reasons for bad input; `/classify_batch` is a
 BentoML batchable API (adaptive batching). All ML work is `ServingBundle.classify`;
 preprocessing is `ml.imaging`. Run: `bentoml serve serving.service:VisionLoop`.
+
+Fail closed: `serving.guards.BodyLimit` bounds every body while it streams (413), uploads
+are decoded only in the allowed formats and under the pixel limit, /feedback is rate-limited
+per client (429), a request is answered 200 only once its record is durable (else 503 with
+Retry-After), and a new champion replaces the served one only after its digests and smoke
+test pass (`serving.champion`). The pydantic models in `serving.schemas` are the OpenAPI schemas.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -23,6 +30,8 @@ from starlette.datastructures import UploadFile
 from starlette.staticfiles import StaticFiles
 
 from ml.classify_worker import ClassifyWorker, Outcome, error_body
+from serving.guards import FEEDBACK_MAX_BYTES, MULTIPART_SLACK, BodyLimit, RateLimiter
+from serving.schemas import ERRORS, BatchItemOut, ClassifyOut, FeedbackIn, FeedbackOut, ModelInfoOut
 
 log = logging.getLogger("visionloop.serving")
 STATIC = Path(__file__).parent / "static"
@@ -48,15 +57,33 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _json(status: int, body: dict | bytes) -> Response:
+def _json(status: int, body: dict | bytes, headers: dict[str, str] | None = None) -> Response:
     content = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-    return Response(content, status_code=status, media_type="application/json")
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
-# One worker: the request-log spool has a single writer, so batch keys sort in ship order.
+def _workers() -> int:
+    """VISIONLOOP_SERVE_WORKERS, read when the service class is defined (BentoML forks that many)."""
+    from ml.config import Settings
+
+    return max(1, Settings.from_env().serve_workers)
+
+
+def body_limits() -> dict[str, int]:
+    """Byte limit per route, from the settings at first use (tests set the environment late)."""
+    from ml.config import Settings
+
+    settings = Settings.from_env()
+    mb = 1024 * 1024
+    return {"/classify": settings.max_upload_bytes + MULTIPART_SLACK, "/feedback": FEEDBACK_MAX_BYTES,
+            "/classify_batch": int(settings.max_batch_upload_mb * mb) + MULTIPART_SLACK}
+
+
+# Each worker has its own request-log spool (one writer per spool): <home>/spool/worker-<i>
+# when VISIONLOOP_SERVE_WORKERS > 1, <home>/spool with the default single worker.
 # Access logs and per-request OpenTelemetry spans on the hot paths cost more than the HTTP
 # parsing itself at hundreds of requests/s; Prometheus /metrics stays on.
-@bentoml.service(name="visionloop", workers=1, traffic={"timeout": 60},
+@bentoml.service(name="visionloop", workers=_workers(), traffic={"timeout": 60},
                  logging={"access": {"enabled": False}},
                  tracing={"excluded_urls": ["/classify", "/similar", "/static"]})
 @bentoml.asgi_app(app, path="/")
@@ -68,56 +95,54 @@ class VisionLoop:
         from ml.config import Settings
         from ml.requestlog import RequestLog
         from ml.storage import open_store
+        from serving.champion import ChampionFollower
 
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail fast while MLflow is down
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.settings = Settings.from_env()
         self.store = open_store(self.settings)
-        self.requestlog = RequestLog(self.settings, self.store).start()
+        self.worker_index = _worker_index()
+        self.requestlog = RequestLog(self.settings, self.store, spool_dir=self._spool_dir()).start()
         self.images = TrainingImages(self.store, Path(self.settings.home) / "serving" / "datasets")
-        self.worker = ClassifyWorker(self.requestlog, self.settings.max_upload_bytes)
+        self.worker = ClassifyWorker(self.requestlog, self.settings.max_upload_bytes,
+                                     max_pixels=self.settings.max_image_pixels)
+        self.feedback_limit = RateLimiter(self.settings.feedback_rate_per_s, self.settings.feedback_burst)
+        self.follower = ChampionFollower(self.settings, self.worker, on_swap=_freeze_heap)
         self._stop = threading.Event()
         bundle_dir = os.environ.get(BUNDLE_DIR_ENV)
         if bundle_dir:
             self.worker.bundle = ServingBundle.from_dir(bundle_dir, version=os.environ.get(
                 "VISIONLOOP_BUNDLE_VERSION", "local"))
+            self.worker.bundle.smoke_test()  # a bundle whose classes and outputs disagree never serves
             _freeze_heap()
         else:
-            self._refresh()  # freezes the heap once a champion is loaded
+            self.follower.refresh()  # freezes the heap once a champion is loaded
         threading.Thread(target=self._housekeeping, args=(not bundle_dir,), name="housekeeping",
                          daemon=True).start()
         self.worker.start()
 
+    def _spool_dir(self) -> Path | None:
+        """None (the default <home>/spool) for one worker; <home>/spool/worker-<i> for each of several."""
+        if self.settings.serve_workers <= 1:
+            return None
+        return Path(self.settings.home) / "spool" / f"worker-{self.worker_index}"
+
     # -- model lifecycle ---------------------------------------------------------------------
 
-    def _refresh(self) -> None:
-        """Load the champion if the alias moved: build the new bundle fully, then swap one reference."""
-        from ml.bundle import ServingBundle, current_champion_version
-
-        version = current_champion_version(self.settings)
-        current = self.worker.bundle
-        if version is None or (current is not None and current.version == version):
-            return
-        try:
-            self.worker.bundle = ServingBundle.from_registry(self.settings)  # in-flight batches keep the old one
-            log.info("serving model version %s (was %s)", version, current and current.version)
-        except Exception:
-            log.exception("could not load champion version %s; still serving %s", version,
-                          current and current.version)
-            return
-        current = None  # the last reference here: the old model's cycles are collected below
-        _freeze_heap()
-
     def _housekeeping(self, poll_alias: bool) -> None:
-        """Every second: the backlog gauge; every alias_poll_seconds: follow the champion alias."""
+        """Every second: the backlog and quarantine gauges; every alias_poll_seconds: follow the alias."""
         import time
 
         next_poll = time.monotonic() + self.settings.alias_poll_seconds
         while not self._stop.wait(1.0):
             self.worker.metrics.backlog.set(self.requestlog.backlog())
+            self.worker.metrics.quarantined.set(self._quarantined())
             if poll_alias and time.monotonic() >= next_poll:
-                self._refresh()
+                self.follower.refresh()
                 next_poll = time.monotonic() + self.settings.alias_poll_seconds
+
+    def _quarantined(self) -> int:
+        return int(getattr(self.requestlog, "quarantined", 0) or 0)
 
     def __is_ready__(self) -> bool:
         return self.worker.bundle is not None
@@ -136,14 +161,15 @@ class VisionLoop:
             "ready": bundle is not None, "model_version": bundle and bundle.version,
             "run_id": bundle and bundle.run_id, "dataset_version": bundle and bundle.dataset_version,
             "classes": list(bundle.classes if bundle else self.settings.classes),
-            "spool_backlog": self.requestlog.backlog(), "store_ok": self.requestlog.store_ok})
+            "spool_backlog": self.requestlog.backlog(), "store_ok": self.requestlog.store_ok,
+            "quarantined": self._quarantined(), "worker": self.worker_index})
 
     async def classify(self, request: Request) -> Response:
         data = await self._upload(request)
         if isinstance(data, Outcome):
-            return _json(data.status, data.body)
+            return _json(data.status, data.body, data.headers)
         outcome = await self.worker.submit(data, asyncio.get_running_loop())
-        return _json(outcome.status, outcome.body)
+        return _json(outcome.status, outcome.body, outcome.headers)
 
     async def _upload(self, request: Request) -> bytes | Outcome:
         """The `image` part's bytes, or the error to answer with."""
@@ -170,23 +196,35 @@ class VisionLoop:
         return data
 
     async def feedback(self, request: Request) -> Response:
+        raw = await request.body()  # first: BodyLimit refuses an oversized body before it takes a token
+        wait = self.feedback_limit.acquire(request.client.host if request.client else "unknown")
+        if wait > 0:
+            self.worker.metrics.feedback_limited.inc()
+            return _json(429, error_body("too many corrections from this address; slow down"),
+                         {"Retry-After": str(max(1, math.ceil(wait)))})
         try:
-            body = await request.json()
-            request_id, label = str(body["request_id"]), str(body["label"])
-            source = "web" if body.get("source") == "web" else "api"
-        except Exception:
-            return _json(422, error_body("send JSON {\"request_id\": ..., \"label\": ...}"))
+            body = FeedbackIn.model_validate_json(raw)
+        except ValueError:
+            return _json(422, error_body("send JSON {\"request_id\": ..., \"label\": ...} "
+                                         "(optional \"source\": \"web\" or \"api\")"))
         bundle = self.worker.bundle
         classes = list(bundle.classes if bundle else self.settings.classes)
-        if label not in classes:
-            return _json(422, {"error": f"unknown label {label!r}", "valid_labels": classes})
-        from ml.requestlog import UnknownRequest
+        if body.label not in classes:
+            return _json(422, {"error": f"unknown label {body.label!r}", "valid_labels": classes})
+        return await self._log_feedback(body)
+
+    async def _log_feedback(self, body: FeedbackIn) -> Response:
+        from ml.requestlog import SpoolUnavailable, UnknownRequest
 
         try:
-            record = await asyncio.to_thread(self.requestlog.log_feedback, request_id, label, source)
+            record = await asyncio.to_thread(self.requestlog.log_feedback, body.request_id, body.label, body.source)
         except UnknownRequest:
-            return _json(404, error_body(f"unknown request_id {request_id!r}"))
-        self.worker.metrics.feedback(label)
+            return _json(404, error_body(f"unknown request_id {body.request_id!r}"))
+        except SpoolUnavailable as exc:
+            self.worker.metrics.spool_refusals.inc()
+            return _json(503, error_body(f"request log unavailable: {exc.reason}"),
+                         {"Retry-After": str(max(1, int(exc.retry_after_s)))})
+        self.worker.metrics.feedback(body.label)
         return _json(201, json.loads(record.to_json()))
 
     async def similar(self, image_id: str) -> Response:
@@ -201,12 +239,28 @@ class VisionLoop:
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=1000)
-    def classify_batch(self, images: list[Path]) -> list[dict]:
-        """Classify many images (multipart field `images`, repeated); an unreadable one gets an error item."""
+    def classify_batch(self, images: list[Path]) -> list[BatchItemOut]:
+        """Classify many images (multipart field `images`, repeated); a bad one gets an error item with its status."""
         if self.worker.bundle is None:
             raise bentoml.exceptions.ServiceUnavailable("no champion model loaded yet")
-        return [json.loads(o.body) | ({} if o.status == 200 else {"status": o.status})
-                for o in self.worker.process([p.read_bytes() for p in images])]
+        return [BatchItemOut.model_validate(json.loads(o.body) | ({} if o.status == 200 else {"status": o.status}))
+                for o in self.worker.process([_read_upload(p, self.settings.max_upload_bytes) for p in images])]
+
+
+def _read_upload(path: Path, limit: int) -> bytes:
+    """At most limit + 1 bytes of one uploaded file: the worker answers 413 for the oversized ones."""
+    with open(path, "rb") as handle:
+        return handle.read(limit + 1)
+
+
+VisionLoop.add_asgi_middleware(BodyLimit, limits=body_limits)
+
+
+def _worker_index() -> int:
+    """0-based index of this BentoML worker process (BentoML numbers them from 1)."""
+    from bentoml._internal.context import server_context
+
+    return max(0, (server_context.worker_index or 1) - 1)
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -236,27 +290,30 @@ async def docs() -> Response:
     return FileResponse(page) if page.is_file() else _json(404, error_body("API docs are not bundled"))
 
 
-@app.get("/model_info")
+@app.get("/model_info", response_model=ModelInfoOut)
 async def model_info(service: Service) -> JSONResponse:
     """The model version being served, its classes and the request-log backlog."""
     return service.model_info()
 
 
-@app.post("/classify", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"image": {"type": "string", "format": "binary"}},
-    "required": ["image"]}}}}})
+@app.post("/classify", response_model=ClassifyOut, responses=ERRORS, openapi_extra={"requestBody": {
+    "required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": {"image": {"type": "string", "format": "binary"}},
+        "required": ["image"]}}}}})
 async def classify(request: Request, service: Service) -> Response:
     """Classify one uploaded image (multipart field `image`, up to the upload limit)."""
     return await service.classify(request)
 
 
-@app.post("/feedback", status_code=201)
+@app.post("/feedback", status_code=201, response_model=FeedbackOut, responses=ERRORS | {404: ERRORS[422]},
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": FeedbackIn.model_json_schema()}}}})
 async def feedback(request: Request, service: Service) -> Response:
     """Record the user's label for a classified request: JSON {request_id, label}."""
     return await service.feedback(request)
 
 
-@app.get("/similar/{image_id}", responses={200: {"content": {"image/png": {}}}})
+@app.get("/similar/{image_id}", responses={200: {"content": {"image/png": {}}}, 404: ERRORS[422], 503: ERRORS[503]})
 async def similar(image_id: str, service: Service) -> Response:
     """A training image as a 128x128 PNG (nearest-neighbour upscaling keeps its pixels visible)."""
     return await service.similar(image_id)

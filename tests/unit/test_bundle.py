@@ -88,3 +88,36 @@ def test_batched_neighbours_match_the_index_query(n_per_class, dim):
         assert [str(index.ids_[r]) for r in rows[i]] == [n.id for n in expected]
         np.testing.assert_allclose(np.sqrt(np.maximum(2 - 2 * sims[i], 0)), [n.distance for n in expected],
                                    atol=1e-5)
+
+
+def test_bundle_whose_classes_do_not_match_the_model_is_refused(serving_bundle_dir, tmp_path):  # noqa: F811
+    from ml.bundle import BundleRejected
+    from tests.fixtures.serving import mismatched_copy
+
+    directory, _ = serving_bundle_dir
+    ServingBundle.from_dir(directory, version="1", imagenet=False).smoke_test()  # the good one passes
+    bad = ServingBundle.from_dir(mismatched_copy(directory, tmp_path / "bad"), version="2", imagenet=False)
+    with pytest.raises(BundleRejected, match="outputs 13 probabilities but the bundle lists 12 classes") as err:
+        bad.smoke_test()
+    assert err.value.reason == "smoke"
+
+
+def test_digest_mismatch_is_refused_and_drops_the_cached_copy(serving_bundle_dir, tmp_path, caplog):  # noqa: F811
+    import shutil
+
+    from ml.bundle import BundleRejected, verify_digests
+    from ml.digests import tree_digest
+
+    directory, _ = serving_bundle_dir
+    target = tmp_path / "run"
+    shutil.copytree(directory / "bundle", target / "bundle")
+    (target / "model").mkdir()
+    shutil.copy(directory / "model.keras", target / "model" / "model.keras")
+    good = {"gate.bundle_sha256": tree_digest(target / "bundle"), "gate.model_sha256": tree_digest(target / "model")}
+    verify_digests(target, good, "4")
+    verify_digests(target, {}, "4")  # untagged (older) versions load with a warning
+    assert "no gate.bundle_sha256 tag" in caplog.text
+    (target / "model" / "model.keras").write_bytes(b"tampered")
+    with pytest.raises(BundleRejected, match="model/ digest") as err:
+        verify_digests(target, good, "4")
+    assert err.value.reason == "digest" and not (target / "model").exists()

@@ -105,3 +105,43 @@ def test_large_jpeg_decodes_at_reduced_scale_but_keeps_content():
 def test_large_jpeg_of_any_mode_decodes(mode):
     img = Image.new("RGB", (800, 800), (120, 60, 200)).convert(mode)
     assert to_model_input(decode_image(encode(img, "JPEG"))).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("fmt,name", [("TIFF", "TIFF"), ("PPM", "PPM")])
+def test_formats_outside_the_allow_list_are_refused_by_name(fmt, name):
+    from ml.imaging import SERVING_FORMATS, UnsupportedFormat, prepare
+
+    data = encode(Image.new("RGB", (20, 20), (1, 2, 3)), fmt)
+    with pytest.raises(UnsupportedFormat, match=f"{name} images are not accepted.*PNG, JPEG"):
+        prepare(data, SERVING_FORMATS)
+    assert decode_image(data).size == (20, 20)  # data import (formats=None) still reads it
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP"])
+def test_every_allowed_format_prepares(fmt):
+    from ml.imaging import prepare
+
+    prepared = prepare(encode(Image.new("RGB", (300, 250), (200, 30, 30)), fmt))
+    assert prepared.pixels.shape == (32, 32, 3) and (prepared.width, prepared.height) == (300, 250)
+    assert prepared.format == fmt and min(prepared.preview.size) == 224
+
+
+def test_pixel_limit_is_checked_from_the_header_before_decoding():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # 12000 x 12000 declared, a few bytes of data: decoding it would need 0.4 GB and fail late
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageTooLarge, match="12000x12000 pixels; the limit is 40000000"):
+        decode_image(png, max_pixels=40_000_000)
+
+
+def test_pixel_limit_counts_a_large_jpeg_at_its_reduced_decode_size():
+    data = encode(Image.new("RGB", (2400, 1800), (10, 200, 30)), "JPEG")
+    assert decode_image(data, max_pixels=1_000_000).size[0] < 2400  # 1/8 scale fits under 1 Mpx
+    with pytest.raises(ImageTooLarge):
+        decode_image(encode(Image.new("RGB", (2400, 1800)), "PNG"), max_pixels=1_000_000)
