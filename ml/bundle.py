@@ -161,15 +161,9 @@ class ServingBundle:
         """`similar` for a batch: one matrix product per class instead of one index pass per image."""
         if self.index is None:
             return [[] for _ in range(len(embeddings))]
-        if len(embeddings) == 1 or not hasattr(self.index, "offsets_"):
-            return [self.similar(e, p, k) for e, p in zip(embeddings, probs, strict=True)]
-        out = []
-        for rows, sims in zip(*nearest_rows(self.index, embeddings, probs, k), strict=True):
-            dist = np.sqrt(np.maximum(2.0 - 2.0 * sims, 0.0))  # |a - b| for unit vectors, as query() reports
-            out.append([{"id": str(self.index.ids_[r]), "label": self.classes[int(self.index.labels_[r])],
-                         "distance": round(float(d), 4), "url": f"/similar/{self.index.ids_[r]}"}
-                        for r, d in zip(rows, dist, strict=True)])
-        return out
+        found = self.index.query_batch(embeddings, probs, k=k, top_classes=4)
+        return [[{"id": n.id, "label": self.classes[int(n.label)], "distance": round(float(n.distance), 4),
+                  "url": f"/similar/{n.id}"} for n in neighbours] for neighbours in found]
 
     def suggest_imagenet(self, image: Any) -> dict | None:
         """The mapped ImageNet suggestion for a PIL image, or None when no labeler is shipped."""
@@ -180,57 +174,6 @@ class ServingBundle:
         except Exception:  # an optional hint must never fail a request
             log.exception("imagenet suggestion failed")
             return None
-
-
-def nearest_rows(index: Any, embeddings: np.ndarray, probs: np.ndarray, k: int = 4,
-                 top_classes: int = 4) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """SimilarityIndex.query for N images at once: (rows, cosine sims) per image, nearest first.
-
-    Same candidates as query() (each image's `top_classes` most probable classes) but each class
-    slice of the index is read once per batch, for every image that ranks it: the per-image
-    matrix-vector products are memory-bound and cost more than the model at full index size.
-    """
-    offsets = index.offsets_
-    q = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    top = np.argsort(-np.asarray(probs)[:, : len(offsets) - 1], axis=1, kind="stable")[:, :top_classes]
-    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-    best_r = np.full((len(q), k), -1, dtype=np.int64)
-    with _one_blas_thread():
-        for c in np.unique(top):
-            _merge_class(index, int(c), q, top, best_s, best_r)
-    found = best_r >= 0
-    return [r[m] for r, m in zip(best_r, found, strict=True)], [s[m] for s, m in zip(best_s, found, strict=True)]
-
-
-def _merge_class(index: Any, c: int, q: np.ndarray, top: np.ndarray, best_s: np.ndarray,
-                 best_r: np.ndarray) -> None:
-    """Fold class c's nearest rows into the running top-k of every query that ranks c."""
-    offsets, k = index.offsets_, best_s.shape[1]
-    who = np.nonzero((top == c).any(axis=1))[0]
-    block = index.embeddings_[offsets[c]:offsets[c + 1]]
-    if not len(block):
-        return
-    sims = q[who] @ block.T
-    kk = min(k, sims.shape[1])
-    part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    cand_s = np.concatenate([best_s[who], np.take_along_axis(sims, part, axis=1)], axis=1)
-    cand_r = np.concatenate([best_r[who], part + offsets[c]], axis=1)
-    keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-    best_s[who], best_r[who] = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_r, keep, 1)
-
-
-_blas: Any = None
-
-
-def _one_blas_thread() -> Any:
-    """BLAS on one thread: on a shared CPU, extra BLAS threads only add hand-off latency."""
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
 
 
 def current_champion_version(settings: Settings, alias: str = "champion") -> str | None:

@@ -71,25 +71,6 @@ def test_training_images_concurrent_first_reads(serving_bundle_dir, tmp_path):  
     assert shapes == [(32, 32, 3)] * 8
 
 
-@pytest.mark.parametrize("n_per_class,dim", [(50, 16), (3, 8)])
-def test_batched_neighbours_match_the_index_query(n_per_class, dim):
-    from ml.bundle import nearest_rows
-    from ml.similarity import SimilarityIndex
-
-    rng = np.random.default_rng(n_per_class)
-    labels = np.repeat(np.arange(13), n_per_class)
-    ids = np.array([f"v:train:{i}" for i in range(len(labels))])
-    index = SimilarityIndex().fit(rng.normal(size=(len(labels), dim)).astype(np.float32), labels, ids)
-    emb = rng.normal(size=(9, dim)).astype(np.float32)
-    probs = rng.dirichlet(np.ones(13), size=9)
-    rows, sims = nearest_rows(index, emb, probs, k=4)
-    for i in range(9):
-        expected = index.query(emb[i], probs[i], k=4, top_classes=4)
-        assert [str(index.ids_[r]) for r in rows[i]] == [n.id for n in expected]
-        np.testing.assert_allclose(np.sqrt(np.maximum(2 - 2 * sims[i], 0)), [n.distance for n in expected],
-                                   atol=1e-5)
-
-
 def test_bundle_whose_classes_do_not_match_the_model_is_refused(serving_bundle_dir, tmp_path):  # noqa: F811
     from ml.bundle import BundleRejected
     from tests.fixtures.serving import mismatched_copy
