@@ -56,6 +56,7 @@ status: $(STAMP) ## Show each component, its URL and health
 
 test: $(STAMP) ## Install test tools and run the whole test suite
 	@bash infra/scripts/ensure-chromium.sh
+	@bash infra/scripts/ensure-services.sh
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP) ## Unit tests only

@@ -45,6 +45,7 @@ pytest_plugins = [
     "tests.fixtures.serving",
     "tests.fixtures.pipeline",
     "tests.fixtures.airflow",
+    "tests.fixtures.services",
 ]
 
 

@@ -21,6 +21,9 @@ def up(
 
     Each server runs in its own process group; logs go to $VISIONLOOP_HOME/logs/<component>.log
     and pid files to $VISIONLOOP_HOME/run/. Running it again starts nothing twice.
+    With VISIONLOOP_CELERY_WORKERS=N > 0 (services mode, docs/scaling.md) Airflow runs as
+    api-server, scheduler, dag-processor, triggerer and N Celery workers against the PostgreSQL
+    and Redis named by AIRFLOW__DATABASE__SQL_ALCHEMY_CONN and AIRFLOW__CELERY__BROKER_URL.
     """
     from ml.platform.launcher import up as launch
     from ml.platform.processes import PlatformError
@@ -58,7 +61,7 @@ def status() -> None:
 def pipeline(
     airflow_url: str = typer.Option("", help="Airflow API server; default: the local platform's."),
     password: str = typer.Option("", envvar="AIRFLOW_ADMIN_PASSWORD", show_default=False,
-                                 help="Airflow admin password; default: the one standalone generated."),
+                                 help="Airflow admin password; default: the one the local api-server generated."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the runs until a champion exists."),
     timeout: float = typer.Option(3600, "--timeout", min=1, help="Seconds to wait for the champion."),
 ) -> None:

@@ -9,6 +9,7 @@ import httpx
 
 TERMINAL = ("success", "failed")
 ACTIVE = ("queued", "running")
+READ_RETRY_WAITS_S = (2.0, 5.0, 10.0)  # then one last try
 
 
 class AirflowApiError(RuntimeError):
@@ -36,12 +37,24 @@ class AirflowClient:
             if self._token is None:
                 self._token = self._login()
             headers = {"Authorization": f"Bearer {self._token}", **kwargs.pop("headers", {})}
-            response = self.http.request(method, path, headers=headers, **kwargs)
+            response = self._send(method, path, headers=headers, **kwargs)
             if response.status_code == 401 and attempt == 1:
                 self._token = None
                 continue
             return response
         return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Reads are retried when the server is slow to answer (a busy api-server on a loaded host);
+        writes are not, so a trigger never runs twice."""
+        for wait_s in READ_RETRY_WAITS_S:
+            try:
+                return self.http.request(method, path, **kwargs)
+            except (httpx.TimeoutException, httpx.NetworkError):
+                if method != "GET":
+                    raise
+                time.sleep(wait_s)
+        return self.http.request(method, path, **kwargs)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict:
         response = self.request(method, path, **kwargs)

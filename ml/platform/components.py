@@ -56,13 +56,16 @@ def base_env(settings: Settings) -> dict[str, str]:
 
 
 def mlflow_component(settings: Settings) -> Component:
-    """MLflow tracking server: SQLite backend, artifacts proxied to a local directory."""
+    """MLflow tracking server: SQLite and a local directory unless MLFLOW_BACKEND_STORE_URI /
+    MLFLOW_ARTIFACTS_DESTINATION name external ones (PostgreSQL, s3://)."""
     root = settings.home.resolve() / "mlflow"
     env = base_env(settings)
     # The job runner starts 7 huey consumers (1.8 GiB); VisionLoop uses no MLflow jobs.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    argv = (str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination", str(root / "artifacts"), "--host", LOCALHOST,
+    backend = env.get("MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{root}/mlflow.db"
+    artifacts = env.get("MLFLOW_ARTIFACTS_DESTINATION") or str(root / "artifacts")
+    argv = (str(BIN / "mlflow"), "server", "--backend-store-uri", backend,
+            "--artifacts-destination", artifacts, "--host", LOCALHOST,
             "--port", str(settings.mlflow_port), "--workers", "1")
     uri = mlflow_uri(settings)
     return Component("mlflow", "MLflow", argv, uri, f"{uri}/health", settings.mlflow_port,

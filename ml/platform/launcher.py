@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 
 from ml.config import Settings
-from ml.platform import first_run, mlflow_api
+from ml.platform import first_run, mlflow_api, services
 from ml.platform.airflow_api import AirflowApiError, AirflowClient
 from ml.platform.components import (
     airflow_component,
@@ -22,7 +23,8 @@ from ml.platform.components import (
 from ml.platform.processes import Component, PlatformError, ProcessManager, probe
 
 Say = Callable[[str], None]
-ORDER = ("mlflow", "airflow", "bentoml")  # start order; stop in reverse
+# Start order; `down` stops in reverse (workers before the scheduler, everything before MLflow).
+ORDER = ("mlflow", "airflow", *services.AIRFLOW_PARTS, "airflow-worker", "bentoml")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,28 @@ def ensure(manager: ProcessManager, components: list[Component], say: Say) -> No
         say(f"{component.title:8} healthy at {component.url} ({time.monotonic() - began:.1f} s after start)")
 
 
+def airflow_components(settings: Settings) -> list[Component]:
+    """`airflow standalone`, or in services mode (VISIONLOOP_CELERY_WORKERS>0) each part and N workers."""
+    if settings.celery_workers > 0:
+        return services.services_components(settings)
+    return [airflow_component(settings)]
+
+
+def migrate(manager: ProcessManager, settings: Settings, say: Say) -> None:
+    """Services mode: create or upgrade Airflow's tables once, before its components start."""
+    env = services.celery_env(settings)
+    log = manager.log_path("airflow-migrate")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    with open(log, "ab") as handle:
+        done = subprocess.run(list(services.migrate_argv()), env=env, stdout=handle, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, check=False, timeout=600)
+    if done.returncode != 0:
+        raise PlatformError(f"`airflow db migrate` failed against {services.DB_VAR}; its log is {log}. "
+                            f"Last lines:\n{manager.tail('airflow-migrate')}")
+    say(f"Airflow database migrated ({time.monotonic() - began:.1f} s)")
+
+
 def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool = True,
        timeout_s: float = 3600.0) -> None:
     """Start MLflow and Airflow, run the first pipeline when no champion exists, then serve."""
@@ -89,10 +113,13 @@ def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool =
         check_store(settings)
     manager = ProcessManager(settings.home.resolve())
     started = time.monotonic()
-    ensure(manager, [mlflow_component(settings), airflow_component(settings)], say)
+    airflow = airflow_components(settings)
+    if settings.celery_workers > 0 and manager.running_pgid("airflow-scheduler") is None:
+        migrate(manager, settings, say)
+    ensure(manager, [mlflow_component(settings), *airflow], say)
     say(f"MLflow and Airflow up in {time.monotonic() - started:.1f} s")
     password = airflow_password(settings)
-    say(f"Airflow UI: {airflow_component(settings).url}  user admin  password {password or '(not generated)'}")
+    say(f"Airflow UI: {airflow_url(settings)}  user admin  password {password or '(not generated)'}")
     say(f"MLflow UI:  {mlflow_uri(settings)}")
     champion = mlflow_api.champion_version(mlflow_uri(settings), settings.model_name)
     if champion is None and pipeline:
@@ -142,11 +169,22 @@ def wait_champion(settings: Settings, say: Say, timeout_s: float = 0, poll_s: fl
     return None
 
 
+def _stop_order(manager: ProcessManager) -> list[str]:
+    """Every component with a pid file, in reverse start order (unknown names first)."""
+    names = sorted(path.stem for path in manager.run_dir.glob("*.pid"))
+
+    def rank(name: str) -> int:
+        matches = [known for known in ORDER if name == known or name.startswith(f"{known}-")]
+        return ORDER.index(max(matches, key=len)) if matches else len(ORDER)
+
+    return sorted(names, key=rank, reverse=True)
+
+
 def down(settings: Settings, say: Say = print) -> int:
     """Stop every process group `up` started (and nothing else); return how many were stopped."""
     manager = ProcessManager(settings.home.resolve())
     stopped = 0
-    for name in reversed(ORDER):
+    for name in _stop_order(manager):
         pgid = manager.running_pgid(name)
         if pgid is None:
             manager.pid_path(name).unlink(missing_ok=True)
@@ -164,7 +202,11 @@ def status(settings: Settings) -> list[Row]:
     """Each component with its URL, pid and health; MLflow's row carries the champion version."""
     manager = ProcessManager(settings.home.resolve())
     rows = []
-    for component in (mlflow_component(settings), airflow_component(settings), bentoml_component(settings)):
+    try:
+        components = [mlflow_component(settings), *airflow_components(settings), bentoml_component(settings)]
+    except PlatformError:  # services mode without its variables: show what standalone would be
+        components = [mlflow_component(settings), airflow_component(settings), bentoml_component(settings)]
+    for component in components:
         pid = manager.running_pgid(component.name)
         healthy = probe(component)
         health = "healthy" if healthy else ("starting" if pid else "stopped")

@@ -6,17 +6,33 @@ These are the endpoints `MlflowClient.get_model_version_by_alias` and
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
 # ml.train logs Keras' per-epoch logs as epoch_<name>; the first one present counts the epochs done.
 EPOCH_METRICS = ("epoch_val_accuracy", "epoch_accuracy", "epoch_loss", "epoch_val_loss")
 
 
+def _auth() -> httpx.BasicAuth | None:
+    """MLflow's own client variables, for a server run with `--app-name basic-auth`."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return httpx.BasicAuth(user, password or "") if user else None
+
+
+def _get(url: str, **kwargs) -> httpx.Response:
+    return httpx.get(url, auth=_auth(), **kwargs)
+
+
+def _post(url: str, **kwargs) -> httpx.Response:
+    return httpx.post(url, auth=_auth(), **kwargs)
+
+
 def champion_version(tracking_uri: str, model_name: str, alias: str = "champion") -> str | None:
     """The registry version behind the alias, or None when there is none (or MLflow is down)."""
     try:
-        response = httpx.get(f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
-                             params={"name": model_name, "alias": alias}, timeout=5)
+        response = _get(f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
+                        params={"name": model_name, "alias": alias}, timeout=5)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -27,12 +43,12 @@ def champion_version(tracking_uri: str, model_name: str, alias: str = "champion"
 def latest_run(tracking_uri: str, experiment: str) -> dict | None:
     """The newest run of the experiment (MLflow's run JSON), or None."""
     try:
-        got = httpx.get(f"{tracking_uri}/api/2.0/mlflow/experiments/get-by-name",
-                        params={"experiment_name": experiment}, timeout=5)
+        got = _get(f"{tracking_uri}/api/2.0/mlflow/experiments/get-by-name",
+                   params={"experiment_name": experiment}, timeout=5)
         if got.status_code != 200:
             return None
         exp_id = got.json()["experiment"]["experiment_id"]
-        found = httpx.post(f"{tracking_uri}/api/2.0/mlflow/runs/search", timeout=5, json={
+        found = _post(f"{tracking_uri}/api/2.0/mlflow/runs/search", timeout=5, json={
             "experiment_ids": [exp_id], "order_by": ["attributes.start_time DESC"], "max_results": 1})
         runs = found.json().get("runs", []) if found.status_code == 200 else []
     except (httpx.HTTPError, KeyError, ValueError):
@@ -49,8 +65,8 @@ def epoch_progress(tracking_uri: str, run: dict) -> str:
     if key is None:
         return ""
     try:
-        history = httpx.get(f"{tracking_uri}/api/2.0/mlflow/metrics/get-history", timeout=5,
-                            params={"run_id": run["info"]["run_id"], "metric_key": key})
+        history = _get(f"{tracking_uri}/api/2.0/mlflow/metrics/get-history", timeout=5,
+                       params={"run_id": run["info"]["run_id"], "metric_key": key})
         done = len(history.json().get("metrics", []))
     except (httpx.HTTPError, ValueError, KeyError):
         return ""

@@ -36,6 +36,8 @@ class Component:
     start_timeout_s: float = 120.0
     extra_ports: tuple[tuple[int, str], ...] = ()  # other ports it binds, with their variable
     healthy: Callable[[httpx.Response], bool] | None = None
+    # For a server without an HTTP endpoint (a Celery worker): replaces the health request.
+    check: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def probe(component: Component, timeout_s: float = 3.0) -> bool:
-    """One health request; True only for a healthy answer."""
+    """One health request (or the component's own check); True only for a healthy answer."""
+    if component.check is not None:
+        return component.check()
     try:
         response = httpx.get(component.health_url, timeout=timeout_s)
     except httpx.HTTPError:
