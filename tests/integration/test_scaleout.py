@@ -19,6 +19,7 @@ import pytest
 
 from ml.platform import mlflow_api
 from ml.platform.processes import ProcessManager, group_members
+from tests.fixtures.services import scaleout_env
 
 VISIONLOOP = str(Path(sys.executable).parent / "visionloop")
 MODEL = "visionloop-classifier"
