@@ -3,7 +3,8 @@
 
 Every hour (`VISIONLOOP_DRIFT_SCHEDULE`), test the requests logged since the
 watermark against the serving version's reference pack, log the window to the
-`visionloop-monitoring` MLflow experiment, then decide whether to retrain:
+`visionloop-monitoring` MLflow experiment (requests of a version without a
+reference pack are skipped and counted as `n_skipped`), then decide whether to retrain:
 significant drift, or at least `VISIONLOOP_RETRAIN_MIN_FEEDBACK` user
 corrections since the last training, once the cooldown has passed. A retrain
 decision updates the `visionloop_retrain_request` Asset (extra: `reason`),
@@ -42,7 +43,7 @@ def drift_monitoring():
 
         result = run_window(Settings.from_env())
         return {k: result[k] for k in ("window_id", "verdict", "n_records", "model_version", "signals",
-                                       "watermark") if k in result}
+                                       "watermark", "n_skipped", "skipped_versions") if k in result}
 
     @task
     def decide(window: dict) -> dict:

@@ -19,9 +19,10 @@ from ml import layout
 from ml.config import Settings
 from ml.hparams import HParams, get_profile
 from ml.inference import Predictor
-from ml.model import build_model, flops_per_image, init_dirac, init_whitening
+from ml.model import flops_per_image
 from ml.optim import BiasScaledSGD, Lookahead, OneCycle
 from ml.storage import open_store
+from ml.warmstart import initial_model
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,36 @@ def augment(images: tf.Tensor, pad: int, flip: bool) -> tf.Tensor:
     return images
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, n_classes: int, hp: HParams, train: bool) -> tf.data.Dataset:
+def feedback_mask(manifest: dict, source: np.ndarray) -> np.ndarray:
+    """True for images whose source (an index into manifest["sources"]) is of kind `feedback`."""
+    kinds = np.array([s.get("kind", "") for s in manifest.get("sources", [])] + [""])  # "" for a bad index
+    index = np.asarray(source, dtype=np.int64)
+    return kinds[np.where((index >= 0) & (index < len(kinds) - 1), index, -1)] == "feedback"
+
+
+def feedback_repeats(mask: np.ndarray, weight: int) -> np.ndarray:
+    """Copies of each training image per epoch: `weight` for user corrections, 1 for the rest."""
+    return np.where(mask, max(1, int(weight)), 1).astype(np.int64)
+
+
+def epoch_indices(n: int, repeats: np.ndarray | None) -> np.ndarray:
+    """Image indices of one epoch before shuffling: image i appears repeats[i] times."""
+    return np.arange(n) if repeats is None else np.repeat(np.arange(n), repeats)
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, n_classes: int, hp: HParams, train: bool,
+                 repeats: np.ndarray | None = None) -> tf.data.Dataset:
     """Batched (image float32, one-hot label) pairs; shuffled and augmented per batch when training.
 
     Batches are gathered from the whole arrays by shuffled indices: tf.data then
-    handles one small tensor per batch instead of one element per image.
+    handles one small tensor per batch instead of one element per image. With
+    `repeats`, an image is drawn that many times per epoch (each copy augmented anew).
     """
     images, labels = tf.constant(x), tf.constant(y)
-    ds = tf.data.Dataset.range(len(x))
+    index = epoch_indices(len(x), repeats)
+    ds = tf.data.Dataset.from_tensor_slices(index)
     if train:
-        ds = ds.shuffle(len(x), seed=hp.seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(index), seed=hp.seed, reshuffle_each_iteration=True)
 
     def gather(index):
         batch = tf.gather(images, index)
@@ -144,11 +165,12 @@ def early_stopping(hp: HParams) -> keras.callbacks.EarlyStopping:
                                          restore_best_weights=True, start_from_epoch=watch_from)
 
 
-def fit(model: keras.Model, data: dict[str, tuple[np.ndarray, np.ndarray]], hp: HParams) -> dict[str, float]:
+def fit(model: keras.Model, data: dict[str, tuple[np.ndarray, np.ndarray]], hp: HParams,
+        repeats: np.ndarray | None = None) -> dict[str, float]:
     """Compile and fit with early stopping on validation accuracy; returns timing numbers."""
     (x, y), (xv, yv) = data["train"], data["val"]
     n_classes = model.output.shape[-1]
-    steps = hp.epochs * int(np.ceil(len(x) / hp.batch_size))
+    steps = hp.epochs * int(np.ceil(len(epoch_indices(len(x), repeats)) / hp.batch_size))
     model.compile(optimizer=make_optimizer(hp), jit_compile=False,  # XLA is 4x slower on this CPU
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=hp.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
@@ -159,14 +181,22 @@ def fit(model: keras.Model, data: dict[str, tuple[np.ndarray, np.ndarray]], hp: 
     callbacks = [schedule, MlflowEpochs(), throughput, stopping] + ([Lookahead(schedule, stopping)]
                                                                     if hp.lookahead else [])
     start = time.perf_counter()
-    history = model.fit(make_dataset(x, y, n_classes, hp, train=True), epochs=hp.epochs, shuffle=False,
-                        verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
+    history = model.fit(make_dataset(x, y, n_classes, hp, train=True, repeats=repeats), epochs=hp.epochs,
+                        shuffle=False, verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
                         validation_data=make_dataset(xv, yv, n_classes, hp, train=False), callbacks=callbacks)
     seconds = time.perf_counter() - start
     # The training optimizer is not saved with the model: any Keras loads the logged model.
     model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
     epochs_run = len(history.history.get("loss", []))
     return {"train_seconds": seconds, "epochs_run": epochs_run, "images_per_s": throughput.images_per_s}
+
+
+def resolve_hparams(settings: Settings, profile: str, arch: str | None,
+                    overrides: dict[str, Any] | None) -> HParams:
+    """The profile, then VISIONLOOP_TRAIN_INIT / VISIONLOOP_FEEDBACK_WEIGHT when set, then explicit overrides."""
+    from_settings = {k: v for k, v in (("init", settings.train_init), ("feedback_weight", settings.feedback_weight))
+                     if v}
+    return get_profile(profile, arch or settings.arch or None).with_(**{**from_settings, **(overrides or {})})
 
 
 def train_model(settings: Settings, dataset_version: str, profile: str | None = None,
@@ -176,32 +206,30 @@ def train_model(settings: Settings, dataset_version: str, profile: str | None = 
     overrides: HParams fields to change on top of the profile (the benchmark's time budget, say).
     """
     profile = profile or settings.profile
-    hp = get_profile(profile, arch or settings.arch or None).with_(**(overrides or {}))
+    hp = resolve_hparams(settings, profile, arch, overrides)
     store = open_store(settings)
     manifest = store.get_json(layout.dataset_manifest(dataset_version))
     classes = list(manifest.get("classes") or settings.classes)
-    data = {split: read_split(settings, dataset_version, split) for split in ("train", "val")}
+    x, y, source = read_split(settings, dataset_version, "train", ("x", "y", "source"))
     if hp.max_train_images:  # a subsample, for quick benchmark checks
-        data["train"] = tuple(a[:hp.max_train_images] for a in data["train"])
+        x, y, source = (a[:hp.max_train_images] for a in (x, y, source))
+    data = {"train": (x, y), "val": read_split(settings, dataset_version, "val")}
+    is_feedback = feedback_mask(manifest, source)
     keras.utils.set_random_seed(hp.seed)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_experiment(settings.experiment)
     with mlflow.start_run(run_name=f"{hp.arch}-{profile}-{dataset_version}") as run:
         mlflow.set_tags({"visionloop.stage": "train", "dataset_version": dataset_version})
-        mlflow.log_params({**hp.to_params(), "profile": profile, "dataset_version": dataset_version,
-                           "n_classes": len(classes), "n_train": len(data["train"][1])})
+        model, hp, init = initial_model(settings, hp, classes, x)
+        mlflow.log_params({**hp.to_params(), **init, "profile": profile, "dataset_version": dataset_version,
+                           "n_classes": len(classes), "n_train": len(y), "n_train_feedback": int(is_feedback.sum())})
         log_dataset_input(store, dataset_version, manifest, data["train"])
-        model = build_model(hp.arch, len(classes), width=hp.width, activation=hp.activation,
-                            bn_momentum=hp.bn_momentum)
-        if hp.whiten and hp.arch == "airnet":
-            init_whitening(model, data["train"][0])
-            model.get_layer("stem").trainable = False  # airbench keeps the whitening filters fixed
-            init_dirac(model)
         mlflow.log_param("flops_per_image", flops_per_image(model))
-        timing = fit(model, data, hp)
+        if init["init_used"] == "champion":  # where fine-tuning starts: the champion's own val accuracy
+            mlflow.log_metric("init_val_accuracy", val_accuracy_of(Predictor(model), data["val"]))
+        timing = fit(model, data, hp, feedback_repeats(is_feedback, hp.feedback_weight))
         predictor = Predictor(model)
-        val_pred = predictor.predict_batched(data["val"][0])
-        val_accuracy = float((val_pred.probs.argmax(1) == data["val"][1]).mean())
+        val_accuracy = val_accuracy_of(predictor, data["val"])
         mlflow.log_metrics({"val_accuracy": val_accuracy, **timing})
         mlflow.keras.log_model(model, name="model", signature=model_signature(len(classes)),
                                pip_requirements=pip_requirements())
@@ -209,7 +237,13 @@ def train_model(settings: Settings, dataset_version: str, profile: str | None = 
                          "embedding_dim": predictor.embedding_dim, "image_size": 32}, "bundle/bundle.json")
         log.info("run %s: val_accuracy %.4f in %.0f s", run.info.run_id, val_accuracy, timing["train_seconds"])
     return {"run_id": run.info.run_id, "val_accuracy": val_accuracy, "arch": hp.arch, "profile": profile,
-            "dataset_version": dataset_version, **timing}
+            "dataset_version": dataset_version, "init_used": init["init_used"], **timing}
+
+
+def val_accuracy_of(predictor: Predictor, val: tuple[np.ndarray, np.ndarray]) -> float:
+    """Accuracy on the validation split with the serving forward pass (flip TTA for airnet)."""
+    probs = predictor.predict_batched(val[0]).probs
+    return float((probs.argmax(1) == val[1]).mean())
 
 
 def log_dataset_input(store, version: str, manifest: dict, train: tuple[np.ndarray, np.ndarray]) -> None:

@@ -25,6 +25,8 @@ def run(
         result = run_window(settings, log_to_mlflow=not no_mlflow)
         typer.echo(f"window {result['window_id']}: {result['verdict']} over {result['n_records']} requests "
                    f"(model version {result['model_version']})")
+        for version, n in result.get("skipped_versions", {}).items():
+            typer.echo(f"  skipped {n} requests of model version {version}: it has no reference pack")
         for signal in result["signals"]:
             flag = "DRIFT" if signal["drift"] else ""
             typer.echo(f"  {signal['name']:<22} stat={signal['statistic']:.4g} p={signal['p_value']:.3g} {flag}")
@@ -49,7 +51,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
         windows = [store.get_json(key) for key in window_keys]
         info = {"watermark": {"last_key": watermark.last_key, "updated_at": watermark.updated_at,
                               "pending_batches": len(watermark.pending(store))},
-                "windows": [{k: w.get(k) for k in ("window_id", "verdict", "n_records", "model_version")}
+                "windows": [{k: w.get(k) for k in ("window_id", "verdict", "n_records", "model_version", "n_skipped")}
                             for w in windows],
                 "retrain": load_state(store)}
     if as_json:
@@ -59,6 +61,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
     typer.echo(f"watermark: {mark['last_key'] or '(none)'} (updated {mark['updated_at']}), "
                f"{mark['pending_batches']} batches pending")
     for w in info["windows"]:
-        typer.echo(f"  {w['window_id']}: {w['verdict']} over {w['n_records']} requests (v{w['model_version']})")
+        skipped = f", {w['n_skipped']} skipped: no reference pack" if w.get("n_skipped") else ""
+        typer.echo(f"  {w['window_id']}: {w['verdict']} over {w['n_records']} requests (v{w['model_version']}{skipped})")
     retrain = info["retrain"]
     typer.echo(f"last retrain trigger: {retrain.get('last_trigger_at', 'never')} {retrain.get('reason', '')}")

@@ -16,6 +16,8 @@ def run(
     arch: str = typer.Option(None, "--arch", help="seed_cnn or airnet (default: the profile's)."),
     overrides: list[str] = typer.Option(None, "--set", metavar="FIELD=VALUE",
                                         help="Override a hyperparameter, repeatable: --set width=64 --set epochs=20."),
+    init: str = typer.Option(None, "--init", help="scratch, or champion: fine-tune the serving champion "
+                                                  "(default: VISIONLOOP_TRAIN_INIT, else scratch)."),
 ) -> None:
     """Train a model on a snapshot and log it to MLflow (it is not registered: see `visionloop model`)."""
     settings = load_settings(profile=profile)
@@ -23,12 +25,12 @@ def run(
         from ml.hparams import parse_overrides
         from ml.train import newest_dataset, train_model
 
-        changes = parse_overrides(overrides)
+        changes = parse_overrides(overrides) | ({"init": init} if init else {})
         version = dataset or newest_dataset(settings)
         typer.echo(f"training on dataset {version} (profile {settings.profile})")
         result = train_model(settings, version, profile=profile, arch=arch, overrides=changes)
     typer.echo(f"run {result['run_id']}: {result['arch']} val_accuracy {result['val_accuracy']:.4f} "
-               f"in {result['train_seconds']:.0f} s")
+               f"in {result['train_seconds']:.0f} s (started from {result['init_used']})")
 
 
 @app.command("evaluate")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -152,17 +153,49 @@ def compute_and_log(settings: Settings, run_id: str) -> dict:
             "mean_confidence": float(pack.confidence.mean())}
 
 
-def load_for_version(settings: Settings, model_version: str) -> ReferencePack:
-    """The reference pack of a registered version, downloaded once and cached under settings.home."""
-    cache = Path(settings.home) / "cache" / "reference" / str(model_version)
-    if not (cache / "reference.json").is_file():
-        import mlflow
+class ReferenceMissing(LookupError):
+    """A model version that has no reference pack (not registered, or trained without one)."""
 
-        client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+
+# MLflow error codes that mean "no such version or artifact", as opposed to a server that is down.
+_MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
+
+
+def _download_pack(settings: Settings, model_version: str, cache: Path) -> None:
+    """Fetch a version's pack into the cache; ReferenceMissing when the version or artifact does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    try:
         run_id = client.get_model_version(settings.model_name, str(model_version)).run_id
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+    except MlflowException as exc:
+        if exc.error_code in _MISSING_CODES:
+            raise ReferenceMissing(f"{settings.model_name} has no version {model_version!r}") from None
+        raise
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+        try:
             path = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{ARTIFACT_DIR}",
                                                        dst_path=tmp, tracking_uri=settings.mlflow_tracking_uri)
-            ReferencePack.load(path).save(cache)  # re-save: a half-download never lands in the cache
+        except MlflowException as exc:
+            if exc.error_code not in _MISSING_CODES:
+                raise
+            path = tmp
+        if not (Path(path) / "reference.json").is_file():
+            raise ReferenceMissing(f"version {model_version} (run {run_id}) has no {ARTIFACT_DIR}/")
+        ReferencePack.load(path).save(cache)  # re-save: a half-download never lands in the cache
+
+
+def load_for_version(settings: Settings, model_version: str) -> ReferencePack:
+    """The reference pack of a registered version, downloaded once and cached under settings.home.
+
+    Raises ReferenceMissing when the version is unknown or has no pack; other
+    errors (MLflow down) propagate, so a scheduler retries instead of skipping.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", str(model_version)):
+        raise ReferenceMissing(f"{model_version!r} is not a registry version")  # also keeps it a safe path
+    cache = Path(settings.home) / "cache" / "reference" / str(model_version)
+    if not (cache / "reference.json").is_file():
+        _download_pack(settings, model_version, cache)
     return ReferencePack.load(cache)

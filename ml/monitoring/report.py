@@ -105,9 +105,18 @@ def render_html(result: dict, images: dict[str, bytes]) -> str:
             "</style></head><body>"
             f"<h1>Drift window {html.escape(result['window_id'])}: {html.escape(result['verdict'])}</h1>"
             f"<p>model version {html.escape(str(result.get('model_version')))}, {result['n_records']} requests, "
-            f"family-wise alpha {result['alpha']} (Holm)</p><table><tr><th>signal</th><th>kind</th>"
+            f"family-wise alpha {result['alpha']} (Holm){_skipped_note(result)}</p><table><tr><th>signal</th><th>kind</th>"
             "<th>statistic</th><th>p-value</th><th>Holm p</th><th>alpha</th><th>n</th><th></th></tr>"
             f"{rows}</table>{pictures}</body></html>")
+
+
+def _skipped_note(result: dict) -> str:
+    """Why some requests were not tested: their model version has no reference pack."""
+    skipped = result.get("skipped_versions") or {}
+    if not skipped:
+        return ""
+    parts = ", ".join(f"v{html.escape(str(v))}: {n}" for v, n in skipped.items())
+    return f"; skipped {sum(skipped.values())} requests of versions without a reference pack ({parts})"
 
 
 def _history(client, experiment_id: str) -> list[dict]:
@@ -128,7 +137,8 @@ def log_window(settings: Settings, result: dict, window: WindowData | None,
     run = client.create_run(experiment_id, run_name=result["window_id"],
                             tags={"model_version": str(result.get("model_version")), "verdict": result["verdict"],
                                   "window_id": result["window_id"]})
-    metrics = dict(result.get("summary", {}), window_size=float(result["n_records"]))
+    metrics = dict(result.get("summary", {}), window_size=float(result["n_records"]),
+                   skipped_records=float(result.get("n_skipped", 0)))
     for s in result.get("signals", []):
         metrics[f"{s['name']}_statistic"] = s["statistic"]
         metrics[f"{s['name']}_p_value"] = s["p_value"]

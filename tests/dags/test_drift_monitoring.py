@@ -36,7 +36,8 @@ def test_dag_parses_with_tags_retries_and_edges(dagbag):
 
 @pytest.fixture
 def loop_env(airflow_db, mlflow_server, tmp_path, monkeypatch):
-    """Local store with a drifted window logged by version 7, whose reference pack is already cached."""
+    """Local store with a drifted window logged by version 7 (reference pack cached) and by version 8,
+    which the registry never had (a bundle served from a directory, say)."""
     from ml.config import Settings
 
     monkeypatch.setenv("VISIONLOOP_HOME", str(tmp_path / "home"))
@@ -46,6 +47,8 @@ def loop_env(airflow_db, mlflow_server, tmp_path, monkeypatch):
     synthetic.pack(list(settings.classes)).save(settings.home / "cache" / "reference" / "7")
     records = synthetic.records(120, list(settings.classes), seed=4, shift=0.6, model_version="7")
     synthetic.write_batches(open_store(settings), records, datetime(2026, 3, 1, 9, tzinfo=UTC))
+    unknown = synthetic.records(60, list(settings.classes), seed=5, model_version="8")
+    synthetic.write_batches(open_store(settings), unknown, datetime(2026, 3, 1, 9, 30, tzinfo=UTC))
     return settings
 
 
@@ -61,4 +64,7 @@ def test_dag_test_requests_a_retrain_on_drift(loop_env, dagbag):
     with create_session() as session:
         events = session.query(AssetEvent).all()
         assert any("drift in window" in (event.extra or {}).get("reason", "") for event in events)
-    assert open_store(loop_env).get_json("monitoring/retrain_state.json")["reason"].startswith("drift")
+    store = open_store(loop_env)
+    assert store.get_json("monitoring/retrain_state.json")["reason"].startswith("drift")
+    [window_key] = [k for k in store.list("monitoring/windows/")]
+    assert store.get_json(window_key)["skipped_versions"] == {"8": 60}  # counted, and the window did not fail

@@ -98,3 +98,24 @@ def test_compute_and_log_writes_the_pack(s3_settings, mlflow_server, monkeypatch
     path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{reference.ARTIFACT_DIR}", dst_path=str(tmp_path))
     pack = ReferencePack.load(path)
     assert pack.class_histograms.shape == (13, 32) and pack.meta["dataset_version"] == snapshot.version
+
+
+def test_versions_without_a_pack_are_skipped_and_counted(registered):
+    """A registered version trained without a pack, and a version the registry never had, do not fail windows."""
+    import mlflow
+
+    settings, version = registered
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    bare_run = client.create_run(client.get_run(client.get_model_version(settings.model_name, version).run_id)
+                                 .info.experiment_id).info.run_id
+    bare = str(client.create_model_version(settings.model_name, f"runs:/{bare_run}/bundle", run_id=bare_run).version)
+    store, classes = open_store(settings), list(settings.classes)
+    for seed, (ver, n) in enumerate([(version, 200), (bare, 70), ("99", 60)]):
+        synthetic.write_batches(store, synthetic.records(n, classes, seed=10 + seed, model_version=ver),
+                                T0 + timedelta(minutes=seed))
+    result = drift.run_window(settings, now=T0 + timedelta(hours=1))
+    assert result["model_version"] == version and result["verdict"] in ("drift", "no drift")
+    assert result["skipped_versions"] == {bare: 70, "99": 60} and result["n_skipped"] == 130
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["skipped_records"] == 130
+    assert "skipped 130 requests" in mlflow.artifacts.load_text(f"runs:/{result['mlflow_run_id']}/report.html")

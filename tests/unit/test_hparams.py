@@ -43,3 +43,34 @@ def test_overrides_are_typed_like_the_defaults_and_unknown_fields_are_named():
         parse_overrides(["widht=64"])
     with pytest.raises(ValueError, match="width needs a value of type int"):
         parse_overrides(["width=wide"])
+
+
+def test_fine_tuning_runs_a_shorter_schedule_at_a_lower_rate():
+    from ml.hparams import finetune
+
+    standard = get_profile("standard")
+    tuned = finetune(standard)
+    assert tuned.epochs < standard.epochs and tuned.learning_rate < standard.learning_rate
+    assert tuned.max_minutes < standard.max_minutes and tuned.warmup_fraction == 0.0
+    assert finetune(get_profile("smoke")).epochs >= 2  # still enough epochs for early stopping to see
+
+
+def test_feedback_weight_and_init_come_from_settings_unless_overridden(settings):
+    from ml.train import resolve_hparams
+
+    assert resolve_hparams(settings, "smoke", None, None).init == "scratch"
+    configured = settings.with_(train_init="champion", feedback_weight=7)
+    hp = resolve_hparams(configured, "smoke", None, None)
+    assert (hp.init, hp.feedback_weight) == ("champion", 7)
+    assert resolve_hparams(configured, "smoke", None, {"init": "scratch"}).init == "scratch"
+    assert parse_overrides(["init=champion", "feedback_weight=5"]) == {"init": "champion", "feedback_weight": 5}
+
+
+def test_an_unknown_init_is_refused_with_the_choices(settings):
+    import numpy as np
+
+    from ml.warmstart import initial_model
+
+    hp = get_profile("smoke").with_(init="pretrained")
+    with pytest.raises(ValueError, match="scratch, champion"):
+        initial_model(settings, hp, list(settings.classes), np.zeros((4, 32, 32, 3), np.uint8))

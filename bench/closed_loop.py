@@ -1,0 +1,290 @@
+"""Benchmark: what user corrections buy, measured through the product's own HTTP API and pipeline calls.
+
+    .venv/bin/python bench/closed_loop.py [--profile standard] [--shifts dark,blur,jpeg10,colour_cast]
+                                          [--corrections 100,300,1000] [--headline-corrections 1500] [--quick]
+
+Once: split the shared CIFAR-10 + superclass archives into disjoint pools
+(bench/closed_loop_data.py), build the snapshot, train and register a champion
+(train -> evaluate -> OOD -> reference -> gate, the training_pipeline's calls).
+Per (shift, correction count) row, in a store and registered model of its own:
+serve the champion with `bentoml serve` on 127.0.0.1, measure it on the clean
+test split and on held-out shifted photos through POST /classify, stream N
+shifted photos and correct each through POST /feedback, then run what the DAGs
+run (drift_monitoring: `run_window` + `decide_retrain`; dataset_build:
+`build_dataset`; training_pipeline: the five calls above), wait until the
+running service serves the new champion, and measure again. Held-out photos
+are never corrected nor trained on. The last stdout line is one JSON object:
+the headline row (dark camera, 1,500 corrections) at the top level and every
+row under `rows`. `recovery` = (shifted_after - shifted_before) / (clean_before - shifted_before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+import numpy as np  # noqa: E402
+from closed_loop_data import SHIFTS, UNAVAILABLE, encode, shifted, split_archives  # noqa: E402
+
+HEADLINE = ("dark", 1500)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="standard", choices=("smoke", "standard", "full"))
+    parser.add_argument("--shifts", default="dark,blur,jpeg10,colour_cast,new_source")
+    parser.add_argument("--corrections", default="100,300,1000")
+    parser.add_argument("--headline-corrections", type=int, default=HEADLINE[1],
+                        help="corrections of the headline dark-camera row (0 = no headline row)")
+    parser.add_argument("--heldout", type=int, default=3000, help="held-out shifted photos measured per row")
+    parser.add_argument("--clean", type=int, default=0, help="clean test images measured (0 = the whole split)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="hyperparameter of the retraining (e.g. init=champion, feedback_weight=5)")
+    parser.add_argument("--quick", action="store_true",
+                        help="self-check: smoke profile, tiny data, dark camera, 100 corrections")
+    parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench-closed-loop"))
+    args = parser.parse_args()
+    if args.quick:
+        args.profile, args.shifts, args.corrections, args.headline_corrections = "smoke", "dark", "100", 0
+        args.heldout, args.clean = 150, 200
+    return args
+
+
+def prepare_env(home: Path) -> None:
+    """Caches and telemetry inside the bench home, before TF/MLflow/BentoML are imported."""
+    for name, sub in (("KERAS_HOME", "keras"), ("MPLCONFIGDIR", "mpl"), ("XDG_CACHE_HOME", "xdg"),
+                      ("BENTOML_HOME", "bentoml")):
+        os.environ.setdefault(name, str(home / "cache" / sub))
+    os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "true",
+                       "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+QUICK_PER_CLASS = 300
+# --quick only: smoke models are noise, so the gate would reject or promote by chance; relaxed, the
+# self-check always walks the promote -> hot-swap path. Real runs keep the product's gate.
+QUICK_GATE = {"gate_epsilon": 1.0, "gate_max_recall_drop": 1.0, "gate_min_corrections_gain": -1.0,
+              "gate_max_ood_auroc_drop": 1.0}
+
+
+def base_settings(home: Path, images: Path, quick: bool):
+    from dataclasses import fields
+
+    from ml.config import Settings
+
+    known = {f.name for f in fields(Settings)}
+    gate = {k: v for k, v in QUICK_GATE.items() if k in known} if quick else {}
+    return Settings.from_env(
+        home=home / "base", data_sources=(f"folder:{images}", "feedback"), experiment="closed-loop-train",
+        monitoring_experiment="closed-loop-monitoring", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        model_name="closed-loop-base", class_target=QUICK_PER_CLASS if quick else 5000, imagenet_enabled=False,
+        gate_min_accuracy=0.0, drift_min_window=50, retrain_cooldown_hours=0.0, **gate)
+
+
+def experiments(settings, home: Path) -> None:
+    """Keep MLflow artifacts in the bench home (not ./mlruns)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    for name in (settings.experiment, settings.monitoring_experiment):
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=(home / "artifacts" / name).as_uri())
+
+
+def train_pipeline(settings, version: str, profile: str, overrides: dict) -> dict:
+    """training_pipeline's task calls: train -> evaluate -> fit_ood -> reference -> gate."""
+    from ml.evaluate import evaluate_run
+    from ml.monitoring.reference import compute_and_log
+    from ml.ood.pipeline import fit_and_log
+    from ml.registry import register_and_gate
+    from ml.train import train_model
+
+    trained = train_model(settings, version, profile=profile, overrides=overrides)
+    evaluate_run(settings, trained["run_id"])
+    fit_and_log(settings, trained["run_id"])
+    compute_and_log(settings, trained["run_id"])
+    return {**register_and_gate(settings, trained["run_id"]), "train": trained}
+
+
+class Service:
+    """`bentoml serve` of one row's champion, and the user's side of its HTTP API."""
+
+    def __init__(self, settings, log: Path):
+        from tests.fixtures.serving import start_service
+
+        env = {"VISIONLOOP_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+               "VISIONLOOP_MODEL_NAME": settings.model_name, "VISIONLOOP_ALIAS_POLL_SECONDS": "2",
+               "VISIONLOOP_REQUEST_LOG_INTERVAL_S": "0.5", "VISIONLOOP_IMAGENET_ENABLED": "false",
+               "VISIONLOOP_FEEDBACK_RATE_PER_S": "10000", "VISIONLOOP_FEEDBACK_BURST": "100000",
+               "VISIONLOOP_LOCAL_STORE": str(settings.store_dir)}
+        self.server, self.url = start_service(env, log, timeout_s=600)
+        import httpx
+
+        self.http = httpx.Client(base_url=self.url, timeout=120)
+
+    def classify(self, images: list[bytes]) -> list[dict]:
+        def one(data: bytes) -> dict:
+            answer = self.http.post("/classify", files={"image": ("photo.png", data, "application/octet-stream")})
+            answer.raise_for_status()
+            return answer.json()
+
+        with ThreadPoolExecutor(4) as pool:  # a few users at once: the service batches them
+            return list(pool.map(one, images))
+
+    def accuracy(self, images: list[bytes], labels: list[str]) -> float:
+        answers = self.classify(images)
+        return sum(a["label"] == y for a, y in zip(answers, labels, strict=True)) / max(len(labels), 1)
+
+    def correct(self, answers: list[dict], labels: list[str]) -> int:
+        """POST /feedback with the true label for every answer; returns how many were wrong."""
+        for answer, label in zip(answers, labels, strict=True):
+            self.http.post("/feedback", json={"request_id": answer["request_id"], "label": label}).raise_for_status()
+        return sum(a["label"] != y for a, y in zip(answers, labels, strict=True))
+
+    def version(self) -> str:
+        return str(self.http.get("/model_info").json()["model_version"])
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> float:
+    """Poll until predicate() is true; returns the time it became true (time.time())."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.time()
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def row_settings(base, home: Path, shift: str, n: int):
+    """A store and registered model of the row's own, starting from the base snapshot and champion."""
+    name = f"{shift}-{n}"
+    settings = base.with_(home=home / "rows" / name, model_name=f"closed-loop-{name}", local_store=None)
+    shutil.rmtree(settings.home, ignore_errors=True)
+    shutil.copytree(base.store_dir / "datasets", settings.store_dir / "datasets")
+    return settings
+
+
+def clean_set(settings, version: str, limit: int) -> tuple[list[bytes], list[str]]:
+    """The snapshot's clean test split as PNG uploads, with true labels."""
+    from ml import layout
+    from ml.storage import open_store
+
+    store = open_store(settings)
+    x = store.get_array(layout.dataset_array(version, "test", "x"))
+    y = store.get_array(layout.dataset_array(version, "test", "y"))
+    keep = np.random.default_rng(0).permutation(len(y))[:limit or None]  # a sample of every class
+    return [encode(x[i]) for i in keep], [settings.classes[int(y[i])] for i in keep]
+
+
+def run_row(base, home: Path, run_id: str, version: str, shift: str, n: int, pools: dict, args) -> dict:
+    """One closed loop: serve v1, measure, correct n, monitor, rebuild, retrain, gate, wait for the swap, measure."""
+    from ml import layout
+    from ml.data.build import build_dataset
+    from ml.hparams import parse_overrides
+    from ml.monitoring.drift import run_window
+    from ml.monitoring.trigger import decide_retrain
+    from ml.registry import register_and_gate
+    from ml.storage import open_store
+
+    settings = row_settings(base, home, shift, n)
+    register_and_gate(settings, run_id)  # the base run is this row's first champion
+    stream = [(shifted(data, shift, seed=i), label) for i, (data, label) in enumerate(pools["stream"][:n])]
+    heldout = ([shifted(data, shift, seed=10**6 + i) for i, (data, _) in enumerate(pools["heldout"])],
+               [label for _, label in pools["heldout"]])
+    clean = clean_set(settings, version, args.clean)
+    service = Service(settings, settings.home / "serve.log")
+    try:
+        v1 = service.version()
+        before = {"clean": service.accuracy(*clean), "shifted": service.accuracy(*heldout)}
+        answers = service.classify([data for data, _ in stream])
+        wrong = service.correct(answers, [label for _, label in stream])
+        store = open_store(settings)
+        wait_for(lambda: sum(layout.is_feedback_record(k) for k in store.list(layout.FEEDBACK)) >= n, 120,
+                 "the corrections in the object store")
+        triggered = time.time()
+        window = run_window(settings)
+        decision = decide_retrain(settings, window)
+        dataset = build_dataset(settings)
+        gate = train_pipeline(settings, dataset["version"], args.profile, parse_overrides(args.set))
+        served = wait_for(lambda: service.version() == str(gate["version"]), 300,
+                          f"serving v{gate['version']}") if gate["promoted"] else None
+        after = {"clean": service.accuracy(*clean), "shifted": service.accuracy(*heldout)}
+    finally:
+        service.stop()
+    gap = before["clean"] - before["shifted"]
+    return {"shift": shift, "corrections": n, "corrections_wrong": wrong, "profile": args.profile,
+            "clean_before": round(before["clean"], 4), "shifted_before": round(before["shifted"], 4),
+            "shifted_after": round(after["shifted"], 4), "clean_after": round(after["clean"], 4),
+            "recovery": round((after["shifted"] - before["shifted"]) / gap, 4) if gap > 0 else None,
+            "promoted": bool(gate["promoted"]), "gate_reasons": gate.get("reasons"),
+            "minutes_trigger_to_serving": round((served - triggered) / 60, 2) if served else None,
+            "champion_before": v1, "candidate": str(gate["version"]), "init_used": gate["train"]["init_used"],
+            "drift_verdict": window["verdict"], "retrain_decided": decision["retrain"],
+            "retrain_reason": decision["reason"], "dataset_version": dataset["version"],
+            "n_heldout": len(heldout[1]), "n_clean": len(clean[1])}
+
+
+def plan_rows(args) -> list[tuple[str, int]]:
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
+    unknown = [s for s in shifts if s not in SHIFTS]
+    if unknown:
+        sys.exit(f"unknown shift(s) {', '.join(unknown)}; choose from {', '.join(SHIFTS)}")
+    rows = [(s, int(n)) for s in shifts for n in args.corrections.split(",") if n.strip()]
+    if args.headline_corrections and HEADLINE[0] in shifts:
+        rows.insert(0, (HEADLINE[0], args.headline_corrections))
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    home = Path(args.home).absolute()
+    started = time.time()
+    shutil.rmtree(home, ignore_errors=True)
+    prepare_env(home)
+    rows_wanted = plan_rows(args)
+    most = max([n for s, n in rows_wanted if s not in UNAVAILABLE], default=0)
+    stream, heldout = split_archives(SHARED / "cifar10_train_jpg.tar.gz", SHARED / "extra_superclasses_train.tar.gz",
+                                     home / "images", train_per_class=QUICK_PER_CLASS if args.quick else 10**9)
+    if len(stream) < most:
+        sys.exit(f"only {len(stream)} stream photos for {most} corrections")
+    pools = {"stream": stream, "heldout": heldout[:args.heldout]}
+    from ml.data.build import build_dataset
+
+    base = base_settings(home, home / "images", args.quick)
+    experiments(base, home)
+    version = build_dataset(base)["version"]
+    first = train_pipeline(base, version, args.profile, {})
+    print(json.dumps({"champion_run": first["run_id"], "dataset_version": version,
+                      "val_accuracy": first["train"]["val_accuracy"]}), flush=True)
+    rows = []
+    for shift, n in rows_wanted:
+        if shift in UNAVAILABLE:
+            rows.append({"shift": shift, "corrections": n, "skipped": UNAVAILABLE[shift]})
+        else:
+            rows.append(run_row(base, home, first["run_id"], version, shift, n, pools, args))
+        print(json.dumps(rows[-1]), flush=True)
+    headline = next((r for r in rows if "skipped" not in r), {})
+    keys = ("recovery", "clean_before", "shifted_before", "shifted_after", "clean_after", "promoted",
+            "minutes_trigger_to_serving", "shift", "corrections", "profile")
+    print(json.dumps({**{k: headline.get(k) for k in keys}, "quick": args.quick, "retrain_overrides": args.set,
+                      "gate": "relaxed for --quick (smoke models are noise)" if args.quick else "the product's",
+                      "champion_val_accuracy": round(first["train"]["val_accuracy"], 4),
+                      "bench_minutes": round((time.time() - started) / 60, 1), "cpus": len(os.sched_getaffinity(0)),
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Warm start against a real MLflow registry: fine-tuning starts from the champion's weights, or says why not."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml import layout
+from tests.fixtures.data import write_tiny_snapshot
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def champion(smoke_run, tmp_path):
+    """The session's smoke run registered as `champion` of a model name of its own."""
+    import mlflow
+
+    settings = smoke_run.settings.with_(model_name=f"warm-{tmp_path.name}"[:60])
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    version = str(mlflow.register_model(f"runs:/{smoke_run.run_id}/model", settings.model_name).version)
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", version)
+    return settings, version
+
+
+def test_fine_tuning_starts_from_the_champions_weights(champion, smoke_run):
+    import mlflow
+
+    from ml.train import train_model
+
+    settings, version = champion
+    result = train_model(settings, smoke_run.snapshot.version, profile="smoke", overrides={"init": "champion"})
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"])
+    assert result["init_used"] == "champion" and run.data.params["init_version"] == version
+    # Before the first step the model scores exactly what the champion scored on the same images.
+    assert run.data.metrics["init_val_accuracy"] == pytest.approx(smoke_run.result["val_accuracy"], abs=1e-9)
+    assert int(run.data.params["epochs"]) >= 2 and float(run.data.params["learning_rate"]) < 0.05  # fine-tune
+
+
+def test_a_changed_class_list_trains_from_scratch_and_says_why(champion, tmp_path):
+    import mlflow
+
+    from ml.train import train_model
+
+    settings, _ = champion
+    snapshot = write_tiny_snapshot(settings, version="renamed01")
+    manifest = snapshot.store.get_json(layout.dataset_manifest(snapshot.version))
+    manifest["classes"] = [*manifest["classes"][:-1], "reptiles"]
+    snapshot.store.put_json(layout.dataset_manifest(snapshot.version), manifest)
+    result = train_model(settings, snapshot.version, profile="smoke", overrides={"init": "champion"})
+    params = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"]).data.params
+    assert (params["init"], params["init_used"]) == ("champion", "scratch")
+    assert "other classes" in params["init_reason"]
