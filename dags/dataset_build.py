@@ -4,7 +4,8 @@
 Build the 13-class 32x32 dataset snapshot from `VISIONLOOP_DATA_SOURCES`
 (default: CIFAR-10, the CIFAR-100 superclasses and the user corrections under
 `feedback/`): fetch and decode -> validate (skip unreadable files, drop exact
-duplicates, fail on an empty class) -> balance (stratified splits, rotated
+duplicates, fail on an empty class) -> balance (stable splits by image
+identity, corrections to train or the held-out `corrections` split, rotated
 copies in train only) -> snapshot under `datasets/<version>/`.
 
 Runs when `drift_monitoring` requests a retrain (Asset

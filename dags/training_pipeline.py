@@ -15,6 +15,11 @@ part off), whichever comes first; or by hand with the params `profile`
 Tasks pass the dataset version and the MLflow run id only. The Asset
 `visionloop_champion` (extra `{"version"}`) is updated only when the gate
 promotes the new model; otherwise `publish_champion` is skipped.
+
+The gate scores champion and candidate on images neither trained on (clean
+test split and held-out corrections) and fails closed: if MLflow or the store
+cannot be read the task fails and Airflow retries it; a retry reuses the
+version already registered for the run.
 """
 
 from __future__ import annotations
@@ -111,7 +116,8 @@ def training_pipeline():
         from ml.registry import register_and_gate
 
         decision = register_and_gate(_settings(), mlflow_run_id)
-        return {k: decision[k] for k in ("version", "promoted", "reasons", "test_accuracy")}
+        keys = ("version", "promoted", "reasons", "test_accuracy", "corrections_accuracy", "excluded_n")
+        return {k: decision.get(k) for k in keys}
 
     @task(outlets=[CHAMPION])
     def publish_champion(decision: dict, *, outlet_events=None) -> str:

@@ -1,8 +1,13 @@
-"""Evaluate a training run on its snapshot's test split; log metrics and the figures people look at."""
+"""Evaluate a training run on its snapshot's test split; log metrics and the figures people look at.
+
+Also the gate's held-out sets (`gate_sets`): the candidate snapshot's test and
+corrections splits minus every image the champion was trained on.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -31,6 +36,54 @@ def score(predictor: Predictor, x: np.ndarray, y: np.ndarray, classes: list[str]
     recall = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
     return {"accuracy": float((predicted == y).mean()), "predicted": predicted, "confusion": counts,
             "recall": {c: float(r) for c, r in zip(classes, recall, strict=False)}}
+
+
+@dataclass
+class GateSets:
+    """Labelled images neither the champion nor the candidate trained on, and what was left out."""
+
+    clean: tuple[np.ndarray, np.ndarray]  # the candidate snapshot's test split
+    corrections: tuple[np.ndarray, np.ndarray]  # its held-out user corrections
+    excluded: dict[str, int]  # images of each set dropped because the champion trained on them
+    classes: list[str]
+
+
+def training_identities(settings: Settings, dataset_version: str) -> tuple[np.ndarray, np.ndarray]:
+    """Identities and pixel hashes of a snapshot's train split (a pre-stable snapshot has only pixels)."""
+    from ml.data import snapshot
+    from ml.data.identity import content_ids
+
+    train = snapshot.load_split(open_store(settings), dataset_version, "train")
+    return np.unique(train.ids), np.unique(content_ids(train.x))
+
+
+def gate_sets(settings: Settings, dataset_version: str, champion_dataset: str | None) -> GateSets:
+    """The candidate's test and corrections splits minus anything in the champion's training split."""
+    from ml.data import snapshot
+    from ml.data.identity import content_ids
+
+    store = open_store(settings)
+    manifest = snapshot.load_manifest(store, dataset_version)
+    seen = training_identities(settings, champion_dataset) if champion_dataset else None
+    parts, excluded = {}, {}
+    for name, split in (("clean", "test"), ("corrections", "corrections")):
+        arrays = snapshot.load_split(store, dataset_version, split)
+        keep = np.ones(len(arrays), bool)
+        if seen is not None and len(arrays):  # by identity, and by pixels for pre-stable snapshots
+            keep = ~(np.isin(arrays.ids, seen[0]) | np.isin(content_ids(arrays.x), seen[1]))
+        parts[name], excluded[name] = (arrays.x[keep], arrays.y[keep]), int((~keep).sum())
+    return GateSets(parts["clean"], parts["corrections"], excluded,
+                    list(manifest.get("classes") or settings.classes))
+
+
+def score_sets(model: keras.Model, sets: GateSets) -> dict[str, Any]:
+    """Clean accuracy and recall per class, and corrections accuracy (None when there are none)."""
+    predictor = Predictor(model)
+    clean = score(predictor, *sets.clean, sets.classes)
+    x, y = sets.corrections
+    corrections = float((predictor.predict_batched(x).probs.argmax(1) == y).mean()) if len(y) else None
+    return {"clean_accuracy": clean["accuracy"], "recall": clean["recall"], "clean_n": len(sets.clean[1]),
+            "corrections_accuracy": corrections, "corrections_n": len(y)}
 
 
 def score_on_test(model: keras.Model, settings: Settings, dataset_version: str) -> dict[str, Any]:

@@ -20,11 +20,12 @@ def list_() -> None:
     if not rows:
         typer.echo(f"no versions of {settings.model_name} registered yet")
         return
-    typer.echo(f"{'version':>7}  {'aliases':<30} {'test_acc':>8}  decision")
+    # test_acc: on the clean test split; corr_acc: on held-out user corrections (both unseen by the champion).
+    typer.echo(f"{'version':>7}  {'aliases':<30} {'test_acc':>8} {'corr_acc':>8}  decision")
     for row in rows:
         decision = {"True": "promoted", "False": "rejected"}.get(row["promoted"], "-")
-        typer.echo(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<30} {row['test_accuracy'] or '-':>8}  "
-                   f"{decision}: {row['reasons']}")
+        typer.echo(f"{row['version']:>7}  {','.join(row['aliases']) or '-':<30} {row['test_accuracy'] or '-':>8} "
+                   f"{row.get('corrections_accuracy') or '-':>8}  {decision}: {row['reasons']}")
 
 
 @app.command("promote")

@@ -8,8 +8,14 @@ Decisions (also printed by `visionloop data build --help`):
   scaling to [0, 1] happens inside the model.
 - CIFAR: both the train and the test batches of the official archives are used;
   VisionLoop makes its own stratified splits from everything it ingests.
-- Splits: per class, a seeded shuffle, then 10 % validation, 10 % test (rounded
-  down) and the rest train.
+- Splits: stable. An image's split is a hash of its identity (the sha256 of its
+  decoded 32x32 pixels, or `fb:<request_id>` for a user correction): about 10 %
+  validation, 10 % test, the rest train. Adding images never moves an image to
+  another split, so no test image of one snapshot is a training image of the
+  next. Corrections never enter validation or test: each goes to train or, by a
+  hash of its request id (`VISIONLOOP_CORRECTIONS_HOLDOUT`, default 0.3), to the
+  held-out `corrections` split the registry gate measures on. Each split's
+  identities are stored as `<split>/ids.npy`.
 - Balancing: `Settings.class_target` is the number of images per class over all
   splits. A class below it gets rotated copies of its *train* images (90, 180
   and 270 degrees first, then small-angle rotations), added to train only, so

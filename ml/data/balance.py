@@ -1,4 +1,8 @@
-"""Stratified splits, then rotated copies that top up small classes in train only.
+"""Stable splits by image identity, then rotated copies that top up small classes in train only.
+
+Splits follow `ml.data.identity.assign_splits`: about 10 % validation and 10 %
+test by a hash of each image's identity, so an image keeps its split in every
+snapshot; user corrections go to train or to the held-out `corrections` split.
 
 `class_target` counts a class over all splits. A class below it gets
 `target - count` rotated copies of its train images: quarter turns (90, 180,
@@ -16,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ml.data.identity import ID_DTYPE, assign_splits
 from ml.imaging import IMAGE_SIZE
 
+SPLITS = ("train", "val", "test", "corrections")  # a snapshot's splits; corrections hold only feedback
+HELD_OUT = ("val", "test", "corrections")
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
 SMALL_ANGLES = (5, -5, 10, -10, 15, -15)
@@ -27,28 +34,23 @@ EXTRA_TURNS = tuple((q, a) for a in SMALL_ANGLES for q in range(4))
 
 @dataclass
 class SplitArrays:
-    """One split of a snapshot: images, class ids, synthetic flags, source indices."""
+    """One split of a snapshot: images, class ids, synthetic flags, source indices, identities."""
 
     x: np.ndarray
     y: np.ndarray
     synthetic: np.ndarray
     source: np.ndarray
+    ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-def split_indices(y: np.ndarray, n_classes: int, seed: int) -> dict[str, np.ndarray]:
-    """Per class: seeded shuffle, then val and test get 10 % each (rounded down), train the rest."""
-    rng = np.random.default_rng([seed, 0])
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in range(n_classes):
-        members = rng.permutation(np.flatnonzero(y == c))
-        n_val, n_test = int(len(members) * VAL_FRACTION), int(len(members) * TEST_FRACTION)
-        parts["val"].append(members[:n_val])
-        parts["test"].append(members[n_val:n_val + n_test])
-        parts["train"].append(members[n_val + n_test:])
-    return {name: np.sort(np.concatenate(idx)) for name, idx in parts.items()}
+def split_indices(ids: np.ndarray, corrections_holdout: float) -> dict[str, np.ndarray]:
+    """Sorted indices per split, a pure function of each image's identity (see ml.data.identity)."""
+    if not 0.0 <= corrections_holdout <= 1.0:
+        raise ValueError(f"VISIONLOOP_CORRECTIONS_HOLDOUT={corrections_holdout} must be in [0, 1]")
+    return assign_splits(ids, VAL_FRACTION, TEST_FRACTION, corrections_holdout)
 
 
 def small_rotation(image: np.ndarray, degrees: float) -> np.ndarray:
@@ -85,10 +87,10 @@ def take(x: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(x, index, axis=0)
 
 
-def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, target: int,
-            seed: int) -> tuple[dict[str, SplitArrays], np.ndarray]:
+def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, ids: np.ndarray, n_classes: int,
+            target: int, seed: int, corrections_holdout: float = 0.3) -> tuple[dict[str, SplitArrays], np.ndarray]:
     """Splits with train topped up to `target` per class, and the synthetic count per class."""
-    splits = split_indices(y, n_classes, seed)
+    splits = split_indices(ids, corrections_holdout)
     deficits = np.maximum(target - np.bincount(y, minlength=n_classes), 0)
     train = splits["train"]
     deficits[np.bincount(y[train], minlength=n_classes) == 0] = 0  # nothing to rotate
@@ -96,27 +98,29 @@ def balance(x: np.ndarray, y: np.ndarray, source: np.ndarray, n_classes: int, ta
     n_real, n_all = len(train), len(train) + int(deficits.sum())
     out = SplitArrays(np.empty((n_all, *x.shape[1:]), np.uint8),
                       np.concatenate([y[train], np.repeat(np.arange(n_classes), deficits)]),
-                      np.arange(n_all) >= n_real, np.empty(n_all, np.int16))
+                      np.arange(n_all) >= n_real, np.empty(n_all, np.int16), np.empty(n_all, ID_DTYPE))
     np.take(x, train, axis=0, out=out.x[:n_real], mode="clip")  # "clip": no hidden buffer copy
-    out.source[:n_real] = source[train]
+    out.source[:n_real], out.ids[:n_real] = source[train], ids[train]
     rng, start = np.random.default_rng([seed, 1]), n_real
     for c in np.flatnonzero(deficits):
         members = train[y[train] == c]
         copies, origin = rotated_copies(take(x, members), int(deficits[c]), rng)
-        out.x[start:start + len(copies)] = copies
-        out.source[start:start + len(copies)] = source[members][origin]
-        start += len(copies)
+        stop = start + len(copies)
+        out.x[start:stop] = copies
+        # A rotated copy is its origin for leakage purposes: same source, same identity.
+        out.source[start:stop], out.ids[start:stop] = source[members][origin], ids[members][origin]
+        start = stop
     result = {"train": _shuffled(out, seed)}
-    for name in ("val", "test"):
+    for name in HELD_OUT:
         idx = splits[name]
-        held_out = SplitArrays(take(x, idx), y[idx], np.zeros(len(idx), bool), source[idx])
+        held_out = SplitArrays(take(x, idx), y[idx], np.zeros(len(idx), bool), source[idx], ids[idx])
         result[name] = _shuffled(held_out, seed)
     return result, deficits.astype(np.int64)
 
 
 def _shuffled(arrays: SplitArrays, seed: int) -> SplitArrays:
     """Shuffle in place with one seeded order, so a reader taking the first N images gets every class."""
-    for array in (arrays.x, arrays.y, arrays.synthetic, arrays.source):
+    for array in (arrays.x, arrays.y, arrays.synthetic, arrays.source, arrays.ids):
         np.random.default_rng([seed, 2, len(array)]).shuffle(array)  # same seed, same permutation
     arrays.y, arrays.source = arrays.y.astype(np.int64), arrays.source.astype(np.int16)
     return arrays

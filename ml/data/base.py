@@ -32,6 +32,7 @@ class Loaded:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     unknown_classes: Counter = field(default_factory=Counter)  # folder name -> files skipped
     notes: list[str] = field(default_factory=list)
+    ids: np.ndarray | None = None  # identities (ml.data.identity); None: the pixels' content hash
 
     def __len__(self) -> int:
         return len(self.y)

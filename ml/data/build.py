@@ -19,7 +19,7 @@ import numpy as np
 from ml import layout
 from ml.config import Settings
 from ml.data import snapshot
-from ml.data.balance import TEST_FRACTION, VAL_FRACTION, SplitArrays, balance
+from ml.data.balance import SPLITS, TEST_FRACTION, VAL_FRACTION, SplitArrays, balance
 from ml.data.base import Source
 from ml.data.decode import default_workers
 from ml.data.report import summary
@@ -30,7 +30,9 @@ from ml.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("ml.data.summary")  # the counts table, for task logs
-PIPELINE = 1  # bump when a change to this package changes the pixels or the splits
+# Bump when a change to this package changes the pixels or the splits.
+# 2: splits by a hash of each image's identity, feedback in train or `corrections` only.
+PIPELINE = 2
 
 
 @contextmanager
@@ -45,6 +47,8 @@ def parameters(settings: Settings) -> dict:
     """Everything besides the sources that decides a snapshot's content."""
     return {"classes": list(settings.classes), "class_target": settings.class_target,
             "seed": settings.seed, "val_fraction": VAL_FRACTION, "test_fraction": TEST_FRACTION,
+            "splits": "sha256 of pixels (feedback: of the request id)",
+            "corrections_holdout": settings.corrections_holdout,
             "image_size": IMAGE_SIZE, "resample": "centre-crop+lanczos",
             "balance": "train-only rotations: quarter turns, then small angles", "pipeline": PIPELINE}
 
@@ -87,18 +91,26 @@ def make_manifest(version: str, settings: Settings, described: list[dict], param
     classes = settings.classes
     names = [d["name"] for d in described]
     per_split = {}
-    for split in layout.SPLITS:
+    for split in SPLITS:
         counts = np.bincount(splits[split].y, minlength=len(classes))
         per_split[split] = {c: int(n) for c, n in zip(classes, counts, strict=True)}
+    # Distinct identities per split (rotated copies share their origin's): `<split>/ids.npy` holds them.
+    ids = {split: int(len(np.unique(splits[split].ids))) for split in SPLITS}
     return {
         "version": version, "classes": list(classes), "created_at": snapshot.utc_now(),
         "sources": described, "parameters": params,
-        "counts": per_split,
+        "counts": per_split, "ids": ids,
         "counts_by_source": counts_by(pool.y, pool.source, names, classes),
         "synthetic": {c: int(n) for c, n in zip(classes, synthetic, strict=True)},
         "images_in": images_in, "images_out": sum(len(a) for a in splits.values()),
         **pool.problems(),
     }
+
+
+def balance_pool(settings: Settings, pool: Pool) -> tuple[dict[str, SplitArrays], np.ndarray]:
+    """Stable splits of a cleaned pool and the rotated top-ups (ml.data.balance)."""
+    return balance(pool.x, pool.y, pool.source, pool.ids, len(settings.classes), settings.class_target,
+                   settings.seed, settings.corrections_holdout)
 
 
 def result(version: str, manifest: dict, reused: bool) -> dict:
@@ -121,8 +133,7 @@ def build_dataset(settings: Settings, sources: Iterable[str | Source] | None = N
     with timed("validate"):
         pool = clean(pool, settings.classes)
     with timed("split and balance"):
-        splits, synthetic = balance(pool.x, pool.y, pool.source, len(settings.classes),
-                                    settings.class_target, settings.seed)
+        splits, synthetic = balance_pool(settings, pool)
     manifest = make_manifest(version, settings, described, params, pool, images_in, splits, synthetic)
     with timed("write snapshot"):
         snapshot.write_snapshot(store, version, splits, manifest)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from ml import layout
 from ml.data.base import Loaded, Source, class_index
 from ml.data.decode import Item, decode_items
+from ml.data.identity import feedback_ids
 from ml.records import FeedbackRecord
 from ml.storage import ObjectNotFound, ObjectStore
 
@@ -49,6 +50,7 @@ class FeedbackSource(Source):
 
     def load(self, classes: tuple[str, ...], workers: int = 1) -> Loaded:
         index, unknown, broken = class_index(classes), Counter(), []
+        request_of: dict[str, str] = {}  # image key -> request id, in the order decoded
 
         def items() -> Iterator[Item]:
             for key, raw in sorted(self.records().items()):
@@ -65,10 +67,14 @@ class FeedbackSource(Source):
                 except ObjectNotFound:
                     broken.append((record.image_key, "image missing"))
                     continue
+                request_of[record.image_key] = record.request_id
                 yield record.image_key, index[record.label], data
 
         # Feedback is small; decoding in this process avoids pool start-up.
         out = decode_items(items(), workers=1, desc="feedback")
+        # The split of a correction follows its request id (ml.data.identity), not its pixels.
+        failed = {path for path, _ in out.skipped}
+        out.ids = feedback_ids([r for key, r in request_of.items() if key not in failed])
         out.skipped.extend(broken)
         out.unknown_classes.update(unknown)
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ml.layout import SPLITS
+from ml.data.balance import SPLITS
 
 
 def _short(name: str) -> str:

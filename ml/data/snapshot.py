@@ -1,7 +1,8 @@
 """Read and write snapshots under `datasets/<version>/` (layout in docs/architecture.md).
 
 Readers: `load_split`, `load_manifest`, `read_image` (ids `<version>:<split>:<index>`),
-`latest_version`. Snapshots never change once written, so loaded arrays are
+`latest_version`. Snapshots of pipeline 1 (before stable splits) have no `ids.npy` and no
+`corrections` split: readers give the pixels' content hashes and an empty split instead. Snapshots never change once written, so loaded arrays are
 cached (read-only) per store location: serving can call `read_image` per request.
 """
 
@@ -14,10 +15,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ml import layout
-from ml.data.balance import SplitArrays
+from ml.data.balance import SPLITS, SplitArrays
+from ml.data.base import empty_images
+from ml.data.identity import ID_DTYPE, content_ids
 from ml.storage import ObjectNotFound, ObjectStore
 
-ARRAYS = ("x", "y", "synthetic", "source")
+ARRAYS = ("x", "y", "synthetic", "source", "ids")
 CACHE_SPLITS = 6  # two snapshots' worth of splits
 _cache: OrderedDict[str, SplitArrays] = OrderedDict()
 _lock = threading.Lock()
@@ -26,13 +29,20 @@ _loading: dict[str, threading.Lock] = {}  # one lock per split, so a split is fe
 
 def write_snapshot(store: ObjectStore, version: str, splits: dict[str, SplitArrays], manifest: dict) -> str:
     """Write every array, then the manifest (its presence marks a complete snapshot), then the index."""
-    for split in layout.SPLITS:
+    for split in SPLITS:
         for name in ARRAYS:
-            store.put_array(layout.dataset_array(version, split, name), getattr(splits[split], name))
+            store.put_array(array_key(version, split, name), getattr(splits[split], name))
     key = layout.dataset_manifest(version)
     store.put_json(key, manifest)
     append_index(store, manifest)
     return key
+
+
+def array_key(version: str, split: str, name: str) -> str:
+    """`datasets/<version>/<split>/<name>.npy` for every split, `corrections` included."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    return f"{layout.dataset_prefix(version)}{split}/{name}.npy"
 
 
 def exists(store: ObjectStore, version: str) -> bool:
@@ -49,8 +59,8 @@ def load_manifest(store: ObjectStore, version: str) -> dict:
 
 
 def load_split(store: ObjectStore, version: str, split: str) -> SplitArrays:
-    """x (N,32,32,3) uint8, y (N,) int64, synthetic (N,) bool, source (N,) int16; cached, read-only."""
-    cache_key = store.uri(layout.dataset_array(version, split, "x"))
+    """x (N,32,32,3) uint8, y (N,) int64, synthetic (N,) bool, source (N,) int16, ids (N,) ASCII; cached."""
+    cache_key = store.uri(array_key(version, split, "x"))
     with _lock:
         key_lock = _loading.setdefault(cache_key, threading.Lock())
     with key_lock:  # concurrent first reads (serving) download the split once
@@ -63,9 +73,12 @@ def load_split(store: ObjectStore, version: str, split: str) -> SplitArrays:
 
 def _load(store: ObjectStore, version: str, split: str, cache_key: str) -> SplitArrays:
     try:
-        arrays = {name: store.get_array(layout.dataset_array(version, split, name)) for name in ARRAYS}
+        arrays = {name: store.get_array(array_key(version, split, name)) for name in ARRAYS[:-1]}
     except ObjectNotFound:
-        raise ObjectNotFound(f"dataset {version!r} has no {split} split in the store") from None
+        if split != "corrections" or not exists(store, version):
+            raise ObjectNotFound(f"dataset {version!r} has no {split} split in the store") from None
+        arrays = _empty_arrays()  # a pipeline-1 snapshot: nothing was held out of training
+    arrays["ids"] = _ids(store, version, split, arrays)
     for array in arrays.values():
         array.flags.writeable = False  # shared between callers through the cache
     result = SplitArrays(**arrays)
@@ -74,6 +87,21 @@ def _load(store: ObjectStore, version: str, split: str, cache_key: str) -> Split
         while len(_cache) > CACHE_SPLITS:
             _cache.popitem(last=False)
     return result
+
+
+def _ids(store: ObjectStore, version: str, split: str, arrays: dict) -> np.ndarray:
+    """The split's identities; a pipeline-1 snapshot has none stored, so its pixels' content hashes."""
+    if "ids" in arrays:
+        return arrays["ids"]
+    try:
+        return store.get_array(array_key(version, split, "ids"))
+    except ObjectNotFound:
+        return content_ids(arrays["x"])
+
+
+def _empty_arrays() -> dict[str, np.ndarray]:
+    return {"x": empty_images(), "y": np.zeros(0, np.int64), "synthetic": np.zeros(0, bool),
+            "source": np.zeros(0, np.int16), "ids": np.zeros(0, ID_DTYPE)}
 
 
 def read_image(store: ObjectStore, image_id: str) -> np.ndarray:
@@ -95,7 +123,7 @@ def read_index(store: ObjectStore) -> list[dict]:
 
 def append_index(store: ObjectStore, manifest: dict) -> None:
     entries = [e for e in read_index(store) if e["version"] != manifest["version"]]
-    totals = {split: sum(manifest["counts"][split].values()) for split in layout.SPLITS}
+    totals = {split: sum(manifest["counts"][split].values()) for split in SPLITS if split in manifest["counts"]}
     entries.append({"version": manifest["version"], "created_at": manifest["created_at"], "counts": totals})
     store.put_json(layout.dataset_index(), entries)
 

@@ -13,11 +13,10 @@ import logging
 
 import numpy as np
 
-from ml import layout
 from ml.config import Settings
 from ml.data import snapshot
-from ml.data.balance import SplitArrays, balance
-from ml.data.build import load_pool, make_manifest, plan, result
+from ml.data.balance import SPLITS, SplitArrays
+from ml.data.build import balance_pool, load_pool, make_manifest, plan, result
 from ml.data.report import summary
 from ml.data.validate import Pool, clean
 from ml.storage import ObjectStore, open_store
@@ -25,6 +24,7 @@ from ml.storage import ObjectStore, open_store
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("ml.data.summary")  # the counts table, for task logs
 STAGING = "staging/"
+POOL_ARRAYS = ("x", "y", "source", "ids")
 
 
 def staging_key(version: str, name: str) -> str:
@@ -32,14 +32,14 @@ def staging_key(version: str, name: str) -> str:
 
 
 def _put_pool(store: ObjectStore, version: str, stage: str, pool: Pool, extra: dict) -> None:
-    for name in ("x", "y", "source"):
+    for name in POOL_ARRAYS:
         store.put_array(staging_key(version, f"{stage}/{name}.npy"), getattr(pool, name))
     store.put_json(staging_key(version, f"{stage}/info.json"), {**extra, "problems": pool.problems()})
 
 
 def _get_pool(store: ObjectStore, version: str, stage: str) -> tuple[Pool, dict]:
     info = store.get_json(staging_key(version, f"{stage}/info.json"))
-    arrays = {n: store.get_array(staging_key(version, f"{stage}/{n}.npy")) for n in ("x", "y", "source")}
+    arrays = {n: store.get_array(staging_key(version, f"{stage}/{n}.npy")) for n in POOL_ARRAYS}
     problems = info["problems"]
     pool = Pool(**arrays, duplicates=problems["duplicates"], skipped_count=problems["skipped"],
                 skipped=[tuple(p) for p in problems["skipped_examples"]],
@@ -76,8 +76,7 @@ def balance_step(settings: Settings, version: str) -> dict:
     if snapshot.exists(store, version):
         return {"version": version, "synthetic": None}
     pool, _ = _get_pool(store, version, "clean")
-    splits, synthetic = balance(pool.x, pool.y, pool.source, len(settings.classes),
-                                settings.class_target, settings.seed)
+    splits, synthetic = balance_pool(settings, pool)
     for split, arrays in splits.items():
         for name in snapshot.ARRAYS:
             store.put_array(staging_key(version, f"{split}/{name}.npy"), getattr(arrays, name))
@@ -92,7 +91,7 @@ def write(settings: Settings, version: str) -> dict:
         return result(version, snapshot.load_manifest(store, version), reused=True)
     pool, info = _get_pool(store, version, "clean")
     splits = {s: SplitArrays(*(store.get_array(staging_key(version, f"{s}/{n}.npy"))
-                               for n in snapshot.ARRAYS)) for s in layout.SPLITS}
+                               for n in snapshot.ARRAYS)) for s in SPLITS}
     synthetic = np.asarray(store.get_array(staging_key(version, "synthetic.npy")))
     manifest = make_manifest(version, settings, info["sources"], info["parameters"], pool,
                              info["images_in"], splits, synthetic)

@@ -9,17 +9,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ml.data.base import MAX_EXAMPLES, DataError, Loaded
+from ml.data.identity import content_ids
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Pool:
-    """All real images of a build: uint8 x, class ids y, and each image's source index."""
+    """All real images of a build: uint8 x, class ids y, each image's source index and identity."""
 
     x: np.ndarray
     y: np.ndarray
     source: np.ndarray
+    ids: np.ndarray | None = None  # None only for pools built by hand; clean() fills it in
     duplicates: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     skipped_count: int = 0
@@ -42,6 +44,7 @@ def merge(loaded: list[Loaded]) -> Pool:
         x=loaded[0].x if len(loaded) == 1 else np.concatenate([part.x for part in loaded]),
         y=np.concatenate([part.y for part in loaded]).astype(np.int64),
         source=np.concatenate([np.full(len(part), i, dtype=np.int16) for i, part in enumerate(loaded)]),
+        ids=np.concatenate([content_ids(part.x) if part.ids is None else part.ids for part in loaded]),
     )
     for part in loaded:
         pool.skipped_count += len(part.skipped)
@@ -89,8 +92,11 @@ def clean(pool: Pool, classes: tuple[str, ...]) -> Pool:
     """The pool without exact duplicates (the first source wins); raises if a class is empty."""
     keep = first_occurrences(pool.x)
     pool.duplicates = len(pool) - len(keep)
+    if pool.ids is None:
+        pool.ids = content_ids(pool.x)
     if pool.duplicates:  # np.take copies whole rows, far faster than fancy indexing here
         pool.x, pool.y, pool.source = np.take(pool.x, keep, axis=0), pool.y[keep], pool.source[keep]
+        pool.ids = pool.ids[keep]
     counts = np.bincount(pool.y, minlength=len(classes))
     empty = [name for name, n in zip(classes, counts, strict=True) if n == 0]
     if empty:

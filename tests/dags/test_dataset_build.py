@@ -71,6 +71,8 @@ def test_dag_builds_a_snapshot_and_announces_its_version(dag, tmp_path, monkeypa
     assert manifest["synthetic"]["insects"] == 6
     assert sum(manifest["counts"]["train"].values()) + sum(manifest["counts"]["val"].values()) + \
         sum(manifest["counts"]["test"].values()) == 110
+    assert manifest["parameters"]["pipeline"] == 2 and sum(manifest["counts"]["corrections"].values()) == 0
+    assert sum(manifest["ids"].values()) == 104  # every real image, once: the DAG steps keep identities
     assert not list(store.list("staging/")), "staging arrays are deleted after the snapshot"
     with create_session() as session:
         events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()

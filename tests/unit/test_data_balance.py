@@ -1,11 +1,13 @@
-"""Stratified splits and rotation top-ups: right counts, train only, deterministic under the seed."""
+"""Stable splits and rotation top-ups: right counts, train only, deterministic under the seed."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml.data.balance import balance, rotated_copies, split_indices
+from ml.data.balance import balance as balance_ids
+from ml.data.balance import rotated_copies, split_indices
+from ml.data.identity import content_ids, feedback_ids
 
 
 def pool(counts: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -15,13 +17,40 @@ def pool(counts: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.n
     return x, y, (y % 2).astype(np.int16)
 
 
-def test_splits_are_stratified_disjoint_and_complete():
-    _, y, _ = pool([100, 50, 9])
-    parts = split_indices(y, 3, seed=7)
-    for name, expected in (("val", [10, 5, 0]), ("test", [10, 5, 0]), ("train", [80, 40, 9])):
-        assert list(np.bincount(y[parts[name]], minlength=3)) == expected
+def balance(x, y, source, n_classes, target, seed):
+    """balance() with the pixels' content hashes as identities (no feedback)."""
+    return balance_ids(x, y, source, content_ids(x), n_classes, target, seed)
+
+
+def test_splits_are_about_ten_percent_disjoint_and_complete():
+    x, _, _ = pool([2000])
+    parts = split_indices(content_ids(x), corrections_holdout=0.3)
+    assert 150 <= len(parts["val"]) <= 250 and 150 <= len(parts["test"]) <= 250
+    assert len(parts["corrections"]) == 0  # only feedback can be held out as a correction
     everything = np.concatenate(list(parts.values()))
-    assert sorted(everything) == list(range(len(y)))
+    assert sorted(everything) == list(range(len(x)))
+
+
+def test_feedback_goes_to_train_or_corrections_never_val_or_test():
+    ids = feedback_ids([f"{i:032x}" for i in range(1000)])
+    parts = split_indices(ids, corrections_holdout=0.3)
+    assert len(parts["val"]) == 0 and len(parts["test"]) == 0
+    assert 240 <= len(parts["corrections"]) <= 360 and len(parts["train"]) == 1000 - len(parts["corrections"])
+    assert len(split_indices(ids, corrections_holdout=0.0)["corrections"]) == 0
+    with pytest.raises(ValueError, match="CORRECTIONS_HOLDOUT"):
+        split_indices(ids, corrections_holdout=1.5)
+
+
+def test_rotated_copies_carry_their_origins_identity():
+    x, y, source = pool([10, 6])  # 4 copies: quarter turns only
+    splits, _ = balance(x, y, source, 2, target=10, seed=0)
+    train = splits["train"]
+    origin_ids = dict(zip(content_ids(x).tolist(), range(len(x)), strict=True))
+    for img, identity in zip(train.x[train.synthetic], train.ids[train.synthetic], strict=True):
+        origin = x[origin_ids[identity]]
+        assert any(np.array_equal(img, np.rot90(origin, k)) for k in (1, 2, 3))
+    held_out = {i for s in ("val", "test") for i in splits[s].ids.tolist()}
+    assert held_out.isdisjoint(train.ids.tolist())
 
 
 def test_quarter_turn_copies_are_distinct_rotations_of_their_origin():

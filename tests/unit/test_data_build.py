@@ -11,6 +11,7 @@ from PIL import Image
 
 from ml import layout
 from ml.data import snapshot, steps
+from ml.data.balance import SPLITS
 from ml.data.base import DataError
 from ml.data.build import build_dataset
 from ml.data.folders import FolderSource
@@ -47,8 +48,10 @@ def test_build_balances_and_writes_the_documented_layout(tiny):
     assert result["reused"] is False and result["manifest_key"] == layout.dataset_manifest(result["version"])
     assert manifest["synthetic"]["insects"] == 5 and manifest["synthetic"]["cat"] == 0
     for c in settings.classes:
-        assert sum(manifest["counts"][s][c] for s in layout.SPLITS) == 10
-    assert manifest["counts"]["val"]["insects"] == 0 and manifest["counts"]["train"]["insects"] == 10
+        assert sum(manifest["counts"][s][c] for s in SPLITS) == 10
+    held_out = sum(manifest["counts"][s]["insects"] for s in ("val", "test"))
+    assert manifest["counts"]["train"]["insects"] == 10 - held_out and manifest["counts"]["corrections"]["insects"] == 0
+    assert sum(manifest["ids"].values()) == 105  # every real image once, rotated copies share their origin's id
     train, val = snapshot.load_split(store, result["version"], "train"), snapshot.load_split(store, result["version"], "val")
     assert train.x.dtype == np.uint8 and train.x.shape[1:] == (32, 32, 3)
     assert train.y.dtype == np.int64 and train.synthetic.dtype == bool and train.source.dtype == np.int16
@@ -113,8 +116,10 @@ def test_feedback_images_are_user_images_with_the_users_label(tiny):
     assert manifest["unknown_classes"] == {"dragon": 1}
     assert ["feedback/images/gone.png", "image missing"] in manifest["skipped_examples"]
     kinds = [s["kind"] for s in manifest["sources"]]
-    x = np.concatenate([snapshot.load_split(store, version, s).source for s in layout.SPLITS])
+    x = np.concatenate([snapshot.load_split(store, version, s).source for s in SPLITS])
     assert (x == kinds.index("feedback")).sum() >= 2
+    feedback_ids = np.concatenate([snapshot.load_split(store, version, s).ids for s in SPLITS])
+    assert {i for i in feedback_ids if i.startswith(b"fb:")} == {b"fb:r0", b"fb:r1"}
 
 
 def test_image_ids_read_back_the_stored_pixels(tiny):
@@ -125,8 +130,8 @@ def test_image_ids_read_back_the_stored_pixels(tiny):
     np.testing.assert_array_equal(snapshot.read_image(store, layout.image_id(version, "test", 3)), test.x[3])
     assert snapshot.load_split(store, version, "test") is test  # cached for per-request use
     assert not test.x.flags.writeable
-    with pytest.raises(ValueError, match="has 10 images"):
-        snapshot.read_image(store, layout.image_id(version, "test", 10))
+    with pytest.raises(ValueError, match=f"has {len(test)} images"):
+        snapshot.read_image(store, layout.image_id(version, "test", len(test)))
 
 
 def test_readers_accept_the_shared_fixture_snapshot(tiny_snapshot):
@@ -147,11 +152,12 @@ def test_dag_steps_build_the_same_snapshot_and_clean_up(tiny, tmp_path):
     assert steps.write(staged, version)["reused"] is False
     direct = build_dataset(settings, workers=1)
     assert direct["version"] == version
-    for split in layout.SPLITS:
+    for split in SPLITS:
         a = snapshot.load_split(open_store(staged), version, split)
         b = snapshot.load_split(open_store(settings), version, split)
         np.testing.assert_array_equal(a.x, b.x)
         np.testing.assert_array_equal(a.synthetic, b.synthetic)
+        np.testing.assert_array_equal(a.ids, b.ids)
     assert not list(open_store(staged).list(steps.STAGING))
     assert steps.fetch(staged)["reused"] is True
 
@@ -173,5 +179,5 @@ def test_concurrent_first_reads_fetch_a_split_once(tiny_snapshot, monkeypatch):
     monkeypatch.setattr(store, "get_array", lambda key: calls.append(key) or original(key))
     with ThreadPoolExecutor(4) as pool:
         images = list(pool.map(lambda i: snapshot.read_image(store, f"{version}:test:{i}"), range(8)))
-    assert len(calls) == len(snapshot.ARRAYS)
+    assert len(calls) == len(snapshot.ARRAYS)  # the fixture stores ids.npy too
     np.testing.assert_array_equal(images[7], tiny_snapshot.arrays["test"][0][7])

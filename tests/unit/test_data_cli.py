@@ -30,8 +30,11 @@ def test_build_prints_the_table_then_reuses(env):
     first = runner.invoke(app, ["data", "build"])
     assert first.exit_code == 0, first.output
     assert "built: dataset version" in first.output
+    header = next(line for line in first.output.splitlines() if line.startswith("class"))
+    assert header.split()[-5:] == ["train", "val", "test", "corrections", "total"]
     row = next(line for line in first.output.splitlines() if line.startswith("insects"))
-    assert row.split()[1:] == ["10", "2", "10", "1", "1", "12"]  # source, synthetic, train, val, test, total
+    source, synthetic, train, val, test, corrections, total = map(int, row.split()[1:])
+    assert (source, synthetic, corrections, total) == (10, 2, 0, 12) and train + val + test == 12
     again = runner.invoke(app, ["data", "build", "--profile"])
     assert again.exit_code == 0 and "reused the existing snapshot" in again.output
     assert "peak memory" in again.output
