@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "corrections")  # corrections: held-out user feedback only
 DATASETS = "datasets/"
 REQUESTS = "requests/"
 FEEDBACK = "feedback/"

@@ -143,5 +143,7 @@ def load_run_model(run_id: str) -> keras.Model:
 
 
 def load_model_version(name: str, version: str | int) -> keras.Model:
-    """A registered model version (`models:/<name>/<version>`)."""
-    return load_keras_model(f"models:/{name}/{version}")
+    """The Keras model behind a registered version (registered as a pyfunc: read its run's `model`)."""
+    from mlflow import MlflowClient
+
+    return load_run_model(MlflowClient().get_model_version(name, str(version)).run_id)

@@ -171,6 +171,16 @@ def lock_requirements(lock: Path = REPO / "uv.lock", project: Path = REPO / "pyp
     """`name==version` for RUNTIME from uv.lock, with pyproject's platform markers (tensorflow vs -cpu)."""
     from packaging.requirements import Requirement
 
+    if not lock.exists() or not project.exists():  # an installed copy without the repo: pin what runs
+        from importlib.metadata import PackageNotFoundError, version
+
+        installed = []
+        for name in RUNTIME:
+            try:
+                installed.append(f"{name}=={version(name)}")
+            except PackageNotFoundError:
+                continue
+        return installed
     versions = {p["name"]: p["version"] for p in tomllib.loads(lock.read_text())["package"] if "version" in p}
     declared = {}
     for line in tomllib.loads(project.read_text())["project"]["dependencies"]:

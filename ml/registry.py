@@ -16,6 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ml import layout
 from ml.config import Settings
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,18 @@ def register_and_gate(settings: Settings, run_id: str) -> dict[str, Any]:
     if crashed_after_promotion:
         champion = current.get(PREVIOUS)  # compare with the champion it replaced
     with tempfile.TemporaryDirectory(prefix="visionloop-gate-") as workdir:
-        decision = decide(settings, run_id, champion, measure(settings, client, run_id, champion, workdir))
-    version = str(existing.version if existing is not None
-                  else mlflow.register_model(f"runs:/{run_id}/model", settings.model_name).version)
+        numbers = measure(settings, client, run_id, champion, workdir)
+        decision = decide(settings, run_id, champion, numbers)
+        if existing is None:
+            # The registered artefact is the pyfunc that answers like /classify (the bundle is
+            # complete by now); serving and the digests keep reading the run's model/ and bundle/.
+            from ml.pyfunc_model import log_pyfunc
+
+            uri = log_pyfunc(run_id, settings.mlflow_tracking_uri, numbers["model_path"], numbers["bundle_path"])
+            existing = mlflow.register_model(uri, settings.model_name)
+    version = str(existing.version)
     decision["version"] = version
+    describe(settings, client, run_id, version, decision)
     client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
     if decision["promoted"]:
         promote(settings, version)
@@ -215,6 +224,19 @@ def register_and_gate(settings: Settings, run_id: str) -> dict[str, Any]:
     log.info("model v%s %s: %s", version, "promoted" if decision["promoted"] else "rejected",
              "; ".join(decision["reasons"] + decision["notes"]))
     return decision
+
+
+def describe(settings: Settings, client: MlflowClient, run_id: str, version: str, decision: dict) -> None:
+    """The model card as the version's description; a card that cannot be written never blocks the gate."""
+    from ml.model_card import describe_version, model_card
+    from ml.storage import open_store
+
+    try:
+        manifest = open_store(settings).get_json(layout.dataset_manifest(decision["dataset_version"]))
+        card = model_card(client.get_run(run_id), decision, manifest)
+        describe_version(client, settings.model_name, version, card)
+    except Exception:  # noqa: BLE001  (the decision stands; the card is documentation)
+        log.warning("model card for v%s could not be written", version, exc_info=True)
 
 
 def recorded_decision(mv: ModelVersion) -> dict[str, Any]:
