@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-SPLITS = ("train", "val", "test", "corrections")  # corrections: held-out user feedback only
+SPLITS = ("train", "val", "test")
+# Snapshots made since stable splits also have held-out user corrections, which no model trains on.
+ALL_SPLITS = (*SPLITS, "corrections")
 DATASETS = "datasets/"
 REQUESTS = "requests/"
 FEEDBACK = "feedback/"
@@ -24,8 +26,8 @@ def dataset_manifest(version: str) -> str:
 
 def dataset_array(version: str, split: str, name: str) -> str:
     """name is x, y, synthetic or source."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    if split not in ALL_SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {ALL_SPLITS}")
     return f"{DATASETS}{version}/{split}/{name}.npy"
 
 
@@ -41,7 +43,7 @@ def image_id(version: str, split: str, index: int) -> str:
 def parse_image_id(image_id_: str) -> tuple[str, str, int]:
     try:
         version, split, index = image_id_.split(":")
-        if split not in SPLITS or int(index) < 0:
+        if split not in ALL_SPLITS or int(index) < 0:
             raise ValueError
         return version, split, int(index)
     except ValueError:
