@@ -1,0 +1,247 @@
+"""OpenVINO CPU runtime: export the Predictor's forward function to IR and run it with the same interface.
+
+`export_openvino` converts the one `tf.function` of `ml.inference.Predictor`
+(uint8 input, dynamic batch, flip TTA included) to OpenVINO IR: `model.xml` +
+`model.bin` (a graph and raw weights, no code runs on load) beside a small
+`openvino.json`. `OpenVINOPredictor.load` compiles it for the CPU and answers
+`predict` / `predict_batched` exactly like `Predictor`, so serving and
+evaluation can use either. `parity` measures how far the two disagree.
+OpenVINO's telemetry is replaced by its bundled no-op stub before the first
+import: nothing is sent, nothing is prompted, nothing is written to $HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.inference import Prediction
+
+log = logging.getLogger(__name__)
+XML, BIN, META = "model.xml", "model.bin", "openvino.json"
+PRECISIONS = ("f32", "bf16")
+# f32 matches TensorFlow to 1e-6, is 1.8-3.9x faster at batch 1 and on par at 16-64 (bench/runtime.py);
+# bf16 is 1.4-3.5x faster but missed the parity rule on a smoke model, so `check` chooses it per model.
+DEFAULT_PRECISION = "f32"
+# One synchronous caller: one stream using every core. THROUGHPUT (a stream per core) was up to 2x
+# slower per f32 call in bench/runtime.py: a single request then runs on one core.
+PERFORMANCE_HINT = "LATENCY"
+OUTPUTS = ("probs", "logits", "embeddings")
+
+
+class RuntimeLoadError(RuntimeError):
+    """An exported OpenVINO directory is missing, incomplete or unreadable."""
+
+
+def _openvino() -> Any:
+    """Import openvino with telemetry off: a blocked `openvino_telemetry` makes ovc use its no-op stub."""
+    if "openvino" not in sys.modules:
+        saved = sys.modules.get("openvino_telemetry")
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import fails -> telemetry_stub
+        try:
+            import openvino  # noqa: F401
+        finally:
+            if saved is None:
+                sys.modules.pop("openvino_telemetry", None)
+            else:
+                sys.modules["openvino_telemetry"] = saved
+    import openvino as ov
+
+    _silence_telemetry()
+    return ov
+
+
+def _silence_telemetry() -> None:
+    """Where openvino was imported by someone else first, point ovc's telemetry at the stub too."""
+    import importlib
+
+    stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+    for name in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl", "openvino.tools.ovc.utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "tm"):
+            module.tm = stub
+
+
+def export_openvino(predictor: Any, directory: str | Path, precision: str = DEFAULT_PRECISION,
+                    check: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Convert `predictor`'s forward function to `<directory>/model.xml|bin` + `openvino.json`; return the JSON.
+
+    check: (images, labels), e.g. the val split: both precisions are measured against TensorFlow there
+    and bf16 becomes the precision hint only if it passes `choose_precision`'s rules.
+    """
+    ov = _openvino()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    concrete = predictor._forward.get_concrete_function()  # the exact function every TF forward pass runs
+    model = ov.convert_model(concrete)
+    for port, name in zip(model.outputs, OUTPUTS, strict=True):
+        port.get_tensor().set_names({name})
+    # Weights stay float32 on disk; bf16 is a compile-time choice (INFERENCE_PRECISION_HINT).
+    ov.save_model(model, directory / XML, compress_to_fp16=False)
+    meta = {"format": "openvino-ir", "n_classes": int(predictor.n_classes),
+            "embedding_dim": int(predictor.embedding_dim), "tta": bool(predictor.tta),
+            "input": {"dtype": "uint8", "shape": [None, 32, 32, 3]}, "outputs": list(OUTPUTS),
+            "precision_hint": precision, "openvino_version": ov.__version__}
+    (directory / META).write_text(json.dumps(meta, indent=2))
+    if check is not None:
+        meta["checks"] = {p: check_precision(predictor, directory, p, *check) for p in PRECISIONS}
+        meta["precision_hint"] = choose_precision(meta["checks"])
+        (directory / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def check_precision(predictor: Any, directory: Path, precision: str, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Parity with TensorFlow and accuracy of the export compiled at one precision."""
+    candidate = OpenVINOPredictor.load(directory, precision=precision)
+    result = parity(predictor, candidate, images)
+    probs = candidate.predict_batched(images).probs
+    return result | {"effective_precision": candidate.effective_precision, "meets_parity": meets_parity(result),
+                     "accuracy": float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0}
+
+
+def choose_precision(checks: dict, max_accuracy_drop: float = 0.002) -> str:
+    """bf16 when it really runs as bf16, meets parity and loses < 0.2 accuracy points to f32; else f32."""
+    bf16, f32 = checks.get("bf16", {}), checks.get("f32", {})
+    ok = (bf16.get("effective_precision") == "bf16" and bf16.get("meets_parity")
+          and f32.get("accuracy", 0.0) - bf16.get("accuracy", 0.0) < max_accuracy_drop)
+    return "bf16" if ok else "f32"
+
+
+def _read_meta(directory: Path) -> dict:
+    """The export's JSON, or RuntimeLoadError naming what is missing or wrong."""
+    missing = [name for name in (XML, BIN, META) if not (directory / name).is_file()]
+    if missing:
+        raise RuntimeLoadError(f"{directory} is not an OpenVINO export: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((directory / META).read_text())
+    except ValueError as exc:
+        raise RuntimeLoadError(f"{directory / META} is unreadable: {exc}") from exc
+    required = ("n_classes", "embedding_dim", "tta", "precision_hint")
+    absent = [key for key in required if key not in meta] if isinstance(meta, dict) else list(required)
+    if absent:
+        raise RuntimeLoadError(f"{directory / META} is unreadable: it lacks {', '.join(absent)}")
+    return meta
+
+
+def compile_config(precision: str, threads: int | None = None, hint: str = PERFORMANCE_HINT) -> dict:
+    """CPU plugin properties: precision, performance hint and, when given, the thread count."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class OpenVINOPredictor:
+    """A compiled OpenVINO export with `ml.inference.Predictor`'s interface; one request behind a lock."""
+
+    def __init__(self, compiled: Any, meta: dict, precision: str):
+        self.compiled = compiled
+        self.meta = meta
+        self.precision = precision
+        self.n_classes = int(meta["n_classes"])
+        self.embedding_dim = int(meta["embedding_dim"])
+        self.tta = bool(meta["tta"])
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()  # one InferRequest is not re-entrant
+
+    @classmethod
+    def load(cls, directory: str | Path, precision: str | None = None, threads: int | None = None,
+             hint: str = PERFORMANCE_HINT) -> OpenVINOPredictor:
+        """Read and compile `<directory>/model.xml`; precision defaults to the export's hint."""
+        directory = Path(directory)
+        meta = _read_meta(directory)
+        precision = precision or meta["precision_hint"]
+        config = compile_config(precision, threads, hint)
+        ov = _openvino()
+        try:
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(directory / XML, directory / BIN), "CPU", config)
+        except RuntimeError as exc:  # OpenVINO reports a truncated/garbled IR as RuntimeError
+            raise RuntimeLoadError(f"{directory} could not be compiled by OpenVINO: {str(exc)[:300]}") from exc
+        if len(compiled.outputs) != len(OUTPUTS):
+            raise RuntimeLoadError(f"{directory / XML} has {len(compiled.outputs)} outputs, expected {len(OUTPUTS)}")
+        return cls(compiled, meta, precision)
+
+    @property
+    def effective_precision(self) -> str:
+        """The precision the CPU plugin actually runs ("f32" where a CPU lacks bf16 support)."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        """One batch of uint8 images (N, 32, 32, 3) -> Prediction (float32 arrays)."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+            raise ValueError(f"expected images of shape (N, 32, 32, 3), got {images.shape}")
+        if images.dtype != np.uint8:
+            images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+        if len(images) == 0:
+            return _empty(self.n_classes, self.embedding_dim)
+        with self._lock:
+            results = self._request.infer([np.ascontiguousarray(images)], share_inputs=False)
+            outs = [np.array(results[port], dtype=np.float32, copy=True) for port in self.compiled.outputs]
+        return Prediction(*outs)
+
+    def predict_batched(self, images: np.ndarray, batch_size: int = 512, progress: bool = False) -> Prediction:
+        """Large arrays in fixed-size batches (bounded memory), with an optional tqdm bar."""
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, unit="batch", desc="predict")
+        parts = [self.predict(images[i:i + batch_size]) for i in starts]
+        if not parts:
+            return _empty(self.n_classes, self.embedding_dim)
+        return Prediction(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("probs", "logits", "embeddings")))
+
+
+def _empty(n_classes: int, embedding_dim: int) -> Prediction:
+    """A Prediction for zero images."""
+    return Prediction(np.zeros((0, n_classes), np.float32), np.zeros((0, n_classes), np.float32),
+                      np.zeros((0, embedding_dim), np.float32))
+
+
+def parity(reference: Any, candidate: Any, images: np.ndarray, batch_size: int = 256) -> dict:
+    """How far `candidate` strays from `reference` on `images`: label agreement and max |prob| difference."""
+    ref = reference.predict_batched(images, batch_size=batch_size)
+    got = candidate.predict_batched(images, batch_size=batch_size)
+    emb_cos = np.sum(ref.embeddings * got.embeddings, 1) / (
+        np.linalg.norm(ref.embeddings, axis=1) * np.linalg.norm(got.embeddings, axis=1) + 1e-12)
+    return {"n": int(len(images)),
+            "label_agreement": float(np.mean(ref.probs.argmax(1) == got.probs.argmax(1))) if len(images) else 1.0,
+            "max_prob_diff": float(np.abs(ref.probs - got.probs).max(initial=0.0)),
+            "max_logit_diff": float(np.abs(ref.logits - got.logits).max(initial=0.0)),
+            "min_embedding_cosine": float(emb_cos.min(initial=1.0))}
+
+
+def meets_parity(result: dict, min_agreement: float = 0.999, max_prob_diff: float = 2e-3) -> bool:
+    """The acceptance rule: same label on >= 99.9 % of images and probabilities within 2e-3."""
+    return result["label_agreement"] >= min_agreement and result["max_prob_diff"] <= max_prob_diff
+
+
+def serving_predictor(directory: str | Path, runtime: str = "auto") -> OpenVINOPredictor | None:
+    """The OpenVINO predictor serving should use, or None for TensorFlow (logged when it is a fallback).
+
+    auto: the export when the run has one; openvino: the export, warning when it is absent; tensorflow: never.
+    """
+    directory = Path(directory)
+    if runtime == "tensorflow" or (runtime == "auto" and not directory.is_dir()):
+        return None
+    try:
+        predictor = OpenVINOPredictor.load(directory)
+    except (RuntimeLoadError, ImportError, ValueError) as exc:
+        log.warning("OpenVINO runtime unavailable, falling back to TensorFlow: %s", exc)
+        return None
+    log.info("forward pass: OpenVINO %s from %s", predictor.effective_precision, directory)
+    return predictor
