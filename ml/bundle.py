@@ -22,6 +22,7 @@ from ml import imaging, layout
 from ml.config import Settings
 
 log = logging.getLogger(__name__)
+SMOKE_FILE = "smoke.npz"  # val images and their training-time probabilities, for the swap's smoke test
 MODEL_FILE = "model.keras"  # from_dir layout: <dir>/model.keras beside <dir>/bundle/
 
 
@@ -43,11 +44,19 @@ class ServingBundle:
 
     @classmethod
     def from_dir(cls, directory: str | Path, model: Any = None, version: str = "local",
-                 run_id: str = "", predictor: Any = None, imagenet: bool = True) -> ServingBundle:
-        """Load `<directory>/bundle/` (the run artifact layout) and a Keras model (object or file)."""
+                 run_id: str = "", predictor: Any = None, imagenet: bool = True,
+                 runtime: str = "auto") -> ServingBundle:
+        """Load `<directory>/bundle/` (the run artifact layout) and a Keras model (object or file).
+
+        runtime: `auto` runs the forward pass on the bundle's OpenVINO export when it has one.
+        """
         directory = Path(directory)
         bundle_dir = directory / "bundle" if (directory / "bundle").is_dir() else directory
         info = json.loads((bundle_dir / "bundle.json").read_text())
+        if predictor is None:
+            from ml.runtime import serving_predictor
+
+            predictor = serving_predictor(bundle_dir / "openvino", runtime)
         if predictor is None:
             if model is None or isinstance(model, (str, Path)):
                 import keras
@@ -84,7 +93,7 @@ class ServingBundle:
 
         model = mlflow.keras.load_model(str(target / "model"))
         bundle = cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id,
-                              imagenet=settings.imagenet_enabled)
+                              imagenet=settings.imagenet_enabled, runtime=settings.inference_runtime)
         bundle.smoke_test()
         return bundle
 
@@ -108,6 +117,21 @@ class ServingBundle:
             self.classify(images)  # detector, index and statistics must accept the model's outputs too
         except Exception as exc:
             raise BundleRejected("smoke", f"version {self.version}: classify failed on test images: {exc}") from exc
+        self._check_reference_images()
+
+    def _check_reference_images(self, tolerance: float = 5e-3) -> None:
+        """Val images logged at training (`bundle/smoke.npz`) must score as they did then, on this runtime."""
+        path = next((p for p in (self.root / "bundle" / SMOKE_FILE, self.root / SMOKE_FILE)
+                     if self.root is not None and p.is_file()), None)
+        if path is None:
+            return  # bundles from before the file existed: the checks above still ran
+        with np.load(path, allow_pickle=False) as saved:
+            images, expected = saved["images"], saved["probs"]
+        probs = np.asarray(self.predictor.predict(images).probs, dtype=np.float64)
+        if probs.shape != expected.shape or np.abs(probs - expected).max() > tolerance:
+            diff = np.abs(probs - expected).max() if probs.shape == expected.shape else float("inf")
+            raise BundleRejected("smoke", f"version {self.version}: its reference images score differently "
+                                 f"from training (max probability difference {diff:.4f} > {tolerance})")
 
     def classify(self, images: np.ndarray) -> list[dict]:
         """Classify uint8 (N, 32, 32, 3) images: label, probabilities, OOD verdict, neighbours, stats."""

@@ -94,6 +94,8 @@ class Settings:
     serve_workers: int = 1  # BentoML workers; each gets its own spool <home>/spool/worker-<i>
     bundle_retry_max_s: float = 900.0  # backoff cap for retrying a champion that failed to load
     alias_poll_seconds: float = 30.0
+    # Forward pass: auto = the run's OpenVINO export (bundle/openvino/) when present, else TensorFlow.
+    inference_runtime: str = "auto"
     request_log_batch: int = 200  # records per shipped object
     request_log_interval_s: float = 5.0
     # Spool cap: past it requests get 503 + Retry-After until the shipper catches up.
@@ -156,6 +158,9 @@ class Settings:
             raise ConfigError("VISIONLOOP_SUPERCLASSES repeats a class name")
         if not 0.5 <= self.ood_target_tpr < 1.0:
             raise ConfigError("VISIONLOOP_OOD_TARGET_TPR must be in [0.5, 1)")
+        if self.inference_runtime not in ("auto", "tensorflow", "openvino"):
+            raise ConfigError(f"VISIONLOOP_INFERENCE_RUNTIME={self.inference_runtime!r}: "
+                              "choose auto, tensorflow or openvino")
         for name in ("serve_port", "mlflow_port", "airflow_port"):
             port = getattr(self, name)
             if not 0 < port < 65536:

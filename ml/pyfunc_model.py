@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The ml/ files `ServingBundle.from_dir(..., imagenet=False)` and `classify` import: the pyfunc's code_paths.
 CODE = ("__init__.py", "pyfunc_model.py", "bundle.py", "classify_worker.py", "config.py", "imaging.py",
         "inference.py", "layout.py", "model.py", "similarity.py", "ood", "monitoring/__init__.py",
-        "monitoring/reference.py")
+        "monitoring/reference.py", "runtime.py")
 # Distributions the loaded pyfunc imports; versions come from uv.lock, platform markers from pyproject.toml.
 RUNTIME = ("mlflow", "keras", "tensorflow-cpu", "numpy", "pandas", "pillow", "scikit-learn", "scipy",
-           "joblib", "threadpoolctl")
+           "joblib", "threadpoolctl", "openvino")
 
 
 class VisionLoopModel(mlflow.pyfunc.PythonModel):

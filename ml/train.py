@@ -235,9 +235,42 @@ def train_model(settings: Settings, dataset_version: str, profile: str | None = 
                                pip_requirements=pip_requirements())
         mlflow.log_dict({"classes": classes, "dataset_version": dataset_version, "arch": hp.arch,
                          "embedding_dim": predictor.embedding_dim, "image_size": 32}, "bundle/bundle.json")
+        log_smoke_images(predictor, data["val"][0])
+        log_openvino(predictor, data["val"])
         log.info("run %s: val_accuracy %.4f in %.0f s", run.info.run_id, val_accuracy, timing["train_seconds"])
     return {"run_id": run.info.run_id, "val_accuracy": val_accuracy, "arch": hp.arch, "profile": profile,
             "dataset_version": dataset_version, "init_used": init["init_used"], **timing}
+
+
+def log_smoke_images(predictor: Predictor, images: np.ndarray, n: int = 16) -> None:
+    """A few val images and their probabilities now, as `bundle/smoke.npz`: serving re-scores them before a swap."""
+    import tempfile
+    from pathlib import Path
+
+    from ml.bundle import SMOKE_FILE
+
+    images = np.ascontiguousarray(images[:n], dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="visionloop-smoke-") as tmp:
+        path = Path(tmp) / SMOKE_FILE
+        np.savez(path, images=images, probs=predictor.predict(images).probs.astype(np.float64))
+        mlflow.log_artifact(str(path), "bundle")
+
+
+def log_openvino(predictor: Predictor, val: tuple[np.ndarray, np.ndarray]) -> None:
+    """Export the forward pass to OpenVINO IR as bundle/openvino/, precision chosen on val; never fails the run."""
+    import tempfile
+
+    from ml.runtime import export_openvino
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="visionloop-openvino-") as tmp:
+            meta = export_openvino(predictor, tmp, check=val)
+            mlflow.log_artifacts(tmp, "bundle/openvino")
+        mlflow.log_param("openvino_precision", meta["precision_hint"])
+        mlflow.log_metrics({f"openvino_{p}_{k}": float(meta["checks"][p][k]) for p in ("f32", "bf16")
+                            for k in ("label_agreement", "max_prob_diff", "accuracy")})
+    except Exception as exc:  # noqa: BLE001  (an optional speed-up must never cost the trained model)
+        log.warning("OpenVINO export skipped: %s", exc)
 
 
 def val_accuracy_of(predictor: Predictor, val: tuple[np.ndarray, np.ndarray]) -> float:

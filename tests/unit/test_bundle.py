@@ -83,6 +83,27 @@ def test_bundle_whose_classes_do_not_match_the_model_is_refused(serving_bundle_d
     assert err.value.reason == "smoke"
 
 
+def test_reference_images_must_score_as_at_training(serving_bundle_dir, tmp_path):  # noqa: F811
+    """A bundle whose model no longer gives its logged val images their training-time scores is refused."""
+    import shutil
+
+    from ml.bundle import SMOKE_FILE, BundleRejected
+
+    directory, _ = serving_bundle_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    bundle = ServingBundle.from_dir(copy, version="1", imagenet=False)
+    images = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    probs = bundle.predictor.predict(images).probs.astype(np.float64)
+    smoke = (copy / "bundle" if (copy / "bundle").is_dir() else copy) / SMOKE_FILE
+    np.savez(smoke, images=images, probs=probs)
+    ServingBundle.from_dir(copy, version="1", imagenet=False).smoke_test()  # scores as logged: accepted
+    confident = np.eye(probs.shape[1])[probs.argmin(axis=1)]  # another model's, sure of the least likely class
+    np.savez(smoke, images=images, probs=confident)
+    with pytest.raises(BundleRejected, match="reference images score differently"):
+        ServingBundle.from_dir(copy, version="2", imagenet=False).smoke_test()
+
+
 def test_digest_mismatch_is_refused_and_drops_the_cached_copy(serving_bundle_dir, tmp_path, caplog):  # noqa: F811
     import shutil
 
