@@ -30,7 +30,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 STAMP := $(VENV)/.synced
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status test test-fast lint bench data train serve monitor clean
+.PHONY: help venv up down status test test-fast lint bench data train serve bento monitor clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ train: $(STAMP) ## Train on the newest snapshot (VISIONLOOP_PROFILE picks smoke/
 
 serve: $(STAMP) ## Serve the champion in the foreground
 	$(BIN)/visionloop serve start
+
+bento: $(STAMP) ## Build the Bento offline (BUNDLE_DIR=dir bakes a bundle, CHAMPION=1 the registry champion)
+	$(BIN)/visionloop serve build $(if $(BUNDLE_DIR),--bundle-dir $(BUNDLE_DIR)) $(if $(CHAMPION),--champion)
 
 monitor: $(STAMP) ## Compute drift over the requests logged since the last run
 	$(BIN)/visionloop monitor run

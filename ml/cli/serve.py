@@ -56,3 +56,18 @@ def status(
         fail(f"no service at {url}: {exc}; start it with `visionloop serve start`")
     typer.echo(f"model_version={info['model_version']} ready={info['ready']} "
                f"spool_backlog={info['spool_backlog']} store_ok={info['store_ok']}")
+
+
+@app.command()
+def build(
+    bundle_dir: Path = typer.Option(None, "--bundle-dir", exists=True, file_okay=False,
+                                    help="Bake <dir>/model.keras + <dir>/bundle/ into the Bento."),
+    champion: bool = typer.Option(False, "--champion", help="Bake the registry champion (verified, smoke-tested)."),
+    version: str = typer.Option("local", "--version", help="Model version a --bundle-dir bundle reports."),
+) -> None:
+    """Build the Bento without the network and print its tag (`bentoml serve <tag>` serves it)."""
+    if bundle_dir and champion:
+        fail("--bundle-dir and --champion exclude each other: bake one model")
+    from serving.build import build as build_bento
+
+    typer.echo(build_bento(bundle_dir.absolute() if bundle_dir else None, version, champion))
