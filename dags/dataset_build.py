@@ -6,7 +6,9 @@ Build the 13-class 32x32 dataset snapshot from `VISIONLOOP_DATA_SOURCES`
 `feedback/`): fetch and decode -> validate (skip unreadable files, drop exact
 duplicates, fail on an empty class) -> balance (stable splits by image
 identity, corrections to train or the held-out `corrections` split, rotated
-copies in train only) -> snapshot under `datasets/<version>/`.
+copies in train only) -> snapshot under `datasets/<version>/`. The outlier
+images (`VISIONLOOP_OUTLIER_SOURCES` and the users' "none of these" corrections)
+are decoded in the fetch step and stored with the snapshot under `outliers/`.
 
 Runs when `drift_monitoring` requests a retrain (Asset
 `visionloop_retrain_request`) or when triggered by hand. Tasks pass only the

@@ -9,6 +9,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+# The reserved feedback label "this image shows none of the classes": never a class name. Such
+# corrections become outlier images of the next snapshot (ml.data.outliers), not class images.
+NONE_OF_THESE = "none_of_these"
+
+
+def feedback_labels(classes) -> list[str]:
+    """Every label /feedback accepts: the classes, then the reserved NONE_OF_THESE."""
+    return [*classes, NONE_OF_THESE]
+
 
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -84,6 +93,10 @@ class FeedbackRecord:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def none_of_these(self) -> bool:
+        return self.label == NONE_OF_THESE
 
     @property
     def disagrees(self) -> bool:

@@ -10,12 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from ml.records import NONE_OF_THESE
+
 
 class ErrorOut(BaseModel):
     """Every 4xx/5xx answer: a human-readable reason."""
 
     error: str
-    valid_labels: list[str] | None = Field(None, description="On an unknown feedback label: the labels accepted")
+    valid_labels: list[str] | None = Field(None, description="On an unknown feedback label: the labels accepted "
+                                                         f"(the classes, then {NONE_OF_THESE!r})")
 
 
 class SimilarOut(BaseModel):
@@ -75,7 +78,9 @@ class FeedbackIn(BaseModel):
     """A user's correction of a classified request."""
 
     request_id: str = Field(min_length=1, max_length=64)
-    label: str = Field(min_length=1, max_length=128, description="one of the served classes")
+    label: str = Field(min_length=1, max_length=128,
+                       description=f"one of the served classes, or {NONE_OF_THESE!r} when the image shows none "
+                                   "of them (stored as an outlier image for the next dataset snapshot)")
     source: Literal["web", "api"] = "api"
 
 

@@ -30,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.staticfiles import StaticFiles
 
 from ml.classify_worker import ClassifyWorker, Outcome, error_body
+from ml.records import feedback_labels
 from serving.guards import FEEDBACK_MAX_BYTES, MULTIPART_SLACK, BodyLimit, RateLimiter
 from serving.schemas import ERRORS, BatchItemOut, ClassifyOut, FeedbackIn, FeedbackOut, ModelInfoOut
 
@@ -208,9 +209,9 @@ class VisionLoop:
             return _json(422, error_body("send JSON {\"request_id\": ..., \"label\": ...} "
                                          "(optional \"source\": \"web\" or \"api\")"))
         bundle = self.worker.bundle
-        classes = list(bundle.classes if bundle else self.settings.classes)
-        if body.label not in classes:
-            return _json(422, {"error": f"unknown label {body.label!r}", "valid_labels": classes})
+        labels = feedback_labels(bundle.classes if bundle else self.settings.classes)
+        if body.label not in labels:
+            return _json(422, {"error": f"unknown label {body.label!r}", "valid_labels": labels})
         return await self._log_feedback(body)
 
     async def _log_feedback(self, body: FeedbackIn) -> Response:
@@ -309,7 +310,8 @@ async def classify(request: Request, service: Service) -> Response:
           openapi_extra={"requestBody": {"required": True, "content": {
               "application/json": {"schema": FeedbackIn.model_json_schema()}}}})
 async def feedback(request: Request, service: Service) -> Response:
-    """Record the user's label for a classified request: JSON {request_id, label}."""
+    """Record the user's label for a classified request: JSON {request_id, label}; the label is a class
+    name or `none_of_these` (the image shows none of the classes: it becomes outlier data)."""
     return await service.feedback(request)
 
 

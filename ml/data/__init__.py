@@ -20,6 +20,11 @@ Decisions (also printed by `visionloop data build --help`):
   splits. A class below it gets rotated copies of its *train* images (90, 180
   and 270 degrees first, then small-angle rotations), added to train only, so
   validation and test hold real images and no rotation of them leaks into train.
-- Version: a hash of the sources' checksums and the build parameters; the same
-  inputs give the same version and a second build reuses the snapshot.
+- Outliers (ml.data.outliers): the images of `VISIONLOOP_OUTLIER_SOURCES` and the
+  users' "none of these" corrections (class `user:none_of_these`, when `feedback`
+  is a source) are stored as `outliers/{x,classes,source}.npy` with a manifest
+  entry `outliers`; they are never class images. The OOD stage fits on them.
+- Version: a hash of the sources' checksums (outlier sources included, when there
+  are any) and the build parameters; the same inputs give the same version and a
+  second build reuses the snapshot.
 """

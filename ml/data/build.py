@@ -18,7 +18,7 @@ import numpy as np
 
 from ml import layout
 from ml.config import Settings
-from ml.data import snapshot
+from ml.data import outliers, snapshot
 from ml.data.balance import SPLITS, TEST_FRACTION, VAL_FRACTION, SplitArrays, balance
 from ml.data.base import Source
 from ml.data.decode import default_workers
@@ -53,23 +53,26 @@ def parameters(settings: Settings) -> dict:
             "balance": "train-only rotations: quarter turns, then small angles", "pipeline": PIPELINE}
 
 
-def dataset_version(described: list[dict], params: dict) -> str:
+def dataset_version(described: list[dict], params: dict, outlier_sources: list[dict] | None = None) -> str:
     """Content hash of the inputs and parameters: same inputs, same version.
 
-    Source names (paths) are left out, so moving a folder does not make a new dataset.
+    Source names (paths) are left out, so moving a folder does not make a new dataset. Outlier
+    sources enter only when there are some, so a build without them keeps its version.
     """
-    inputs = [[d["kind"], d["checksum"]] for d in described]
-    blob = json.dumps({"sources": inputs, "parameters": params}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    inputs = {"sources": [[d["kind"], d["checksum"]] for d in described], "parameters": params}
+    if outlier_sources:
+        inputs["outliers"] = [[d["kind"], d["checksum"]] for d in outlier_sources]
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan(settings: Settings, store: ObjectStore,
-         sources: Iterable[str | Source] | None = None) -> tuple[list[Source], list[dict], dict, str]:
-    """Resolve the sources, checksum them and name the version, without decoding anything."""
+def plan(settings: Settings, store: ObjectStore, sources: Iterable[str | Source] | None = None
+         ) -> tuple[list[Source], list[dict], dict, list[dict], str]:
+    """Resolve the sources and outlier sources, checksum them and name the version, without decoding."""
     resolved = resolve_sources(settings, store, sources)
     described = [s.describe() for s in resolved]
     params = parameters(settings)
-    return resolved, described, params, dataset_version(described, params)
+    outlier_sources = outliers.describe(settings, resolved)
+    return resolved, described, params, outlier_sources, dataset_version(described, params, outlier_sources)
 
 
 def load_pool(settings: Settings, resolved: list[Source], workers: int | None = None) -> Pool:
@@ -123,19 +126,23 @@ def build_dataset(settings: Settings, sources: Iterable[str | Source] | None = N
                   workers: int | None = None) -> dict:
     """Build (or reuse) the snapshot of the sources; {"version", "manifest_key", "counts", "reused"}."""
     store = open_store(settings)
-    resolved, described, params, version = plan(settings, store, sources)
+    resolved, described, params, outlier_sources, version = plan(settings, store, sources)
     if snapshot.exists(store, version):
         log.info("dataset %s already exists; reusing it", version)
         return result(version, snapshot.load_manifest(store, version), reused=True)
     with timed("fetch and decode"):
         pool = load_pool(settings, resolved, workers)
+        extra, entry = (outliers.load(settings, resolved, outlier_sources, workers or default_workers())
+                        if outlier_sources else (None, None))
     images_in = len(pool)
     with timed("validate"):
         pool = clean(pool, settings.classes)
     with timed("split and balance"):
         splits, synthetic = balance_pool(settings, pool)
     manifest = make_manifest(version, settings, described, params, pool, images_in, splits, synthetic)
+    if entry is not None:
+        manifest["outliers"] = entry
     with timed("write snapshot"):
-        snapshot.write_snapshot(store, version, splits, manifest)
+        snapshot.write_snapshot(store, version, splits, manifest, extra)
     summary_log.info("%s", summary(manifest))
     return result(version, manifest, reused=False)

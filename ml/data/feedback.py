@@ -3,7 +3,9 @@
 Each record is an `ml.records.FeedbackRecord`; the image lives at
 `record.image_key` and its label is the user's label (`record.label`).
 A record whose label is not a configured class, or whose image is missing
-or unreadable, is reported and skipped.
+or unreadable, is reported and skipped. A "none of these" correction
+(`ml.records.NONE_OF_THESE`) is no class image: `none_of_these` hands those
+images to the snapshot's outliers (ml.data.outliers) instead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,40 @@ class FeedbackSource(Source):
             digest.update(key.encode() + b"\0" + hashlib.sha256(raw).digest())
         return f"sha256:{digest.hexdigest()}"
 
+    def _none_of_these(self) -> list[tuple[str, bytes, FeedbackRecord]]:
+        out = []
+        for key, raw in sorted(self.records().items()):
+            try:
+                record = FeedbackRecord.from_json(raw)
+            except (ValueError, TypeError):
+                continue  # `load` reports it
+            if record.none_of_these:
+                out.append((key, raw, record))
+        return out
+
+    def none_of_these_checksum(self) -> str:
+        """Checksum of the "none of these" records; empty when there are none (no outlier source)."""
+        found = self._none_of_these()
+        digest = hashlib.sha256()
+        for key, raw, _ in found:
+            digest.update(key.encode() + b"\0" + hashlib.sha256(raw).digest())
+        return f"sha256:{digest.hexdigest()}" if found else ""
+
+    def load_none_of_these(self) -> Loaded:
+        """The "none of these" corrections' images, decoded like class images: outliers, not classes."""
+        broken: list[tuple[str, str]] = []
+
+        def payloads() -> Iterator[Item]:
+            for _, _, record in self._none_of_these():
+                try:
+                    yield record.image_key, 0, self.store.get_bytes(record.image_key)
+                except ObjectNotFound:
+                    broken.append((record.image_key, "image missing"))
+
+        out = decode_items(payloads(), workers=1, desc="none of these")
+        out.skipped.extend(broken)
+        return out
+
     def load(self, classes: tuple[str, ...], workers: int = 1) -> Loaded:
         index, unknown, broken = class_index(classes), Counter(), []
         request_of: dict[str, str] = {}  # image key -> request id, in the order decoded
@@ -59,6 +95,8 @@ class FeedbackSource(Source):
                 except (ValueError, TypeError) as exc:
                     broken.append((key, f"not a feedback record: {exc}"))
                     continue
+                if record.none_of_these:
+                    continue  # an outlier image (none_of_these), never a class image
                 if record.label not in index:
                     unknown[record.label] += 1
                     continue

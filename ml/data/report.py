@@ -53,8 +53,17 @@ def problems_text(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def outliers_text(manifest: dict) -> str:
+    """One line per outlier source stored with the snapshot (`outliers/`, for OOD fitting only)."""
+    entry = manifest.get("outliers") or {}
+    lines = [f"outliers: {entry['images']} images of {len(entry['counts'])} classes"] if entry else []
+    for source in entry.get("sources", []):
+        lines.append(f"  {_short(source['name'])}: {source['images']} images of {len(source['counts'])} classes")
+    return "\n".join(lines)
+
+
 def summary(manifest: dict) -> str:
-    """The table and the problems, as the CLI and the task log show them."""
+    """The table, the outliers and the problems, as the CLI and the task log show them."""
     head = f"dataset {manifest['version']} ({manifest.get('created_at', '')})"
-    parts = [head, counts_table(manifest), problems_text(manifest)]
+    parts = [head, counts_table(manifest), outliers_text(manifest), problems_text(manifest)]
     return "\n".join(p for p in parts if p)

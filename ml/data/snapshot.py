@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ml import layout
+from ml.data import outliers
 from ml.data.balance import SPLITS, SplitArrays
 from ml.data.base import empty_images
 from ml.data.identity import ID_DTYPE, content_ids
@@ -27,11 +28,14 @@ _lock = threading.Lock()
 _loading: dict[str, threading.Lock] = {}  # one lock per split, so a split is fetched once
 
 
-def write_snapshot(store: ObjectStore, version: str, splits: dict[str, SplitArrays], manifest: dict) -> str:
-    """Write every array, then the manifest (its presence marks a complete snapshot), then the index."""
+def write_snapshot(store: ObjectStore, version: str, splits: dict[str, SplitArrays], manifest: dict,
+                   outlier_set: outliers.OutlierSet | None = None) -> str:
+    """Write every array (and the outliers), then the manifest (its presence marks a complete snapshot), then the index."""
     for split in SPLITS:
         for name in ARRAYS:
             store.put_array(array_key(version, split, name), getattr(splits[split], name))
+    if outlier_set is not None:
+        outliers.put(store, outliers.snapshot_prefix(version), outlier_set)
     key = layout.dataset_manifest(version)
     store.put_json(key, manifest)
     append_index(store, manifest)

@@ -14,9 +14,10 @@ import logging
 import numpy as np
 
 from ml.config import Settings
-from ml.data import snapshot
+from ml.data import outliers, snapshot
 from ml.data.balance import SPLITS, SplitArrays
 from ml.data.build import balance_pool, load_pool, make_manifest, plan, result
+from ml.data.decode import default_workers
 from ml.data.report import summary
 from ml.data.validate import Pool, clean
 from ml.storage import ObjectStore, open_store
@@ -50,11 +51,14 @@ def _get_pool(store: ObjectStore, version: str, stage: str) -> tuple[Pool, dict]
 def fetch(settings: Settings, sources: list[str] | None = None) -> dict:
     """Download/read and decode every source; returns {"version", "reused"}."""
     store = open_store(settings)
-    resolved, described, params, version = plan(settings, store, sources)
+    resolved, described, params, outlier_sources, version = plan(settings, store, sources)
     if snapshot.exists(store, version):
         return {"version": version, "reused": True}
     pool = load_pool(settings, resolved)
     info = {"version": version, "sources": described, "parameters": params, "images_in": len(pool)}
+    if outlier_sources:  # decoded here with the pool, kept in staging until the snapshot step
+        extra, info["outliers"] = outliers.load(settings, resolved, outlier_sources, default_workers())
+        outliers.put(store, staging_key(version, "outliers/"), extra)
     _put_pool(store, version, "raw", pool, info)
     return {"version": version, "reused": False}
 
@@ -95,7 +99,11 @@ def write(settings: Settings, version: str) -> dict:
     synthetic = np.asarray(store.get_array(staging_key(version, "synthetic.npy")))
     manifest = make_manifest(version, settings, info["sources"], info["parameters"], pool,
                              info["images_in"], splits, synthetic)
-    snapshot.write_snapshot(store, version, splits, manifest)
+    extra = None
+    if "outliers" in info:
+        manifest["outliers"] = info["outliers"]
+        extra = outliers.get(store, staging_key(version, "outliers/"))
+    snapshot.write_snapshot(store, version, splits, manifest, extra)
     for key in list(store.list(f"{STAGING}{version}/")):
         store.delete(key)
     summary_log.info("%s", summary(manifest))

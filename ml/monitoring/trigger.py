@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from ml import layout
 from ml.config import Settings
 from ml.monitoring.window import read_json_objects
+from ml.records import NONE_OF_THESE
 from ml.storage import ObjectNotFound, ObjectStore, open_store
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,14 @@ def last_training_time(settings: Settings) -> datetime | None:
 
 
 def corrections_since(store: ObjectStore, since: datetime | None) -> int:
-    """User corrections (label differs from the prediction) created after `since`."""
+    """User corrections created after `since`: a label that differs from the prediction, "none of these" included."""
     keys = [k for k in store.list(layout.FEEDBACK) if layout.is_feedback_record(k)]
     count = 0
     for record in read_json_objects(store, keys):
         created = _parse(record.get("created_at"))
-        if record.get("label") != record.get("predicted_label") and (since is None or (created and created > since)):
+        # "None of these" corrects whatever was predicted (its images become outlier data).
+        corrected = record.get("label") == NONE_OF_THESE or record.get("label") != record.get("predicted_label")
+        if corrected and (since is None or (created and created > since)):
             count += 1
     return count
 

@@ -18,7 +18,7 @@ from ml.ood import fitting, outlier_data
 from ml.ood.base import OODFeatures
 from ml.ood.evaluate import markdown_table, save_roc_plot
 from ml.ood.persist import save_detectors
-from ml.storage import ObjectStore, open_store
+from ml.storage import ObjectNotFound, ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 N_SYNTHETIC = 500  # noise / scrambled images: a far-OOD sanity set that needs no download
@@ -48,12 +48,16 @@ def synthetic_ood(x_val: np.ndarray, seed: int) -> np.ndarray:
     return np.concatenate([noise, flat.reshape(picks.shape)])
 
 
-def outlier_features(settings: Settings, predictor, sources: list[outlier_data.OutlierImages] | None = None) -> dict:
+def outlier_features(settings: Settings, predictor, sources: list[outlier_data.OutlierImages] | None = None,
+                     fit_only: tuple | list[outlier_data.OutlierImages] = ()) -> dict:
     """OODData's outlier fields from VISIONLOOP_OUTLIER_SOURCES (or already loaded `sources`, e.g. from
-    a dataset snapshot), split by class (ml.ood.outlier_data)."""
+    a dataset snapshot), split by class (ml.ood.outlier_data); `fit_only` (users' "none of these")
+    always joins the fit group, so the held-out numbers the gate compares never depend on them."""
+    configured = bool(sources) if sources is not None else bool(outlier_data.configured_sources(settings))
     if sources is None:
         sources = outlier_data.load_sources(settings, workers=default_workers())
     groups = outlier_data.split_by_class(sources)
+    groups["fit"] = [*groups["fit"], *fit_only]
     for group, parts in groups.items():
         log.info("OOD: %s group: %d images of %d classes from %s", group, sum(map(len, parts)),
                  len({c for p in parts for c in p.classes}), ", ".join(p.name for p in parts) or "no source")
@@ -67,8 +71,19 @@ def outlier_features(settings: Settings, predictor, sources: list[outlier_data.O
         sets = {fitting.PRIMARY_SET: features(evaluate), **sets}  # all held-out classes together first
     return {"ood_sets": sets, "outlier_fit": features(groups["fit"]),
             "outlier_calibrate": features(groups["calibrate"]),
-            "real_outliers_configured": bool(outlier_data.configured_sources(settings)),
+            "real_outliers_configured": configured,
             "heldout_classes": sorted({str(c) for p in evaluate for c in p.classes})}
+
+
+def snapshot_outliers(store: ObjectStore, version: str) -> dict | None:
+    """The outliers versioned with the snapshot (ml.data.outliers), or None when it has none."""
+    from ml.data import outliers
+
+    try:
+        manifest = store.get_json(layout.dataset_manifest(version))
+    except ObjectNotFound:  # arrays written without a manifest (test fixtures)
+        return None
+    return outliers.read(store, version, manifest)
 
 
 def build_data(settings: Settings, store: ObjectStore, version: str, predictor) -> tuple[fitting.OODData, list[str]]:
@@ -79,9 +94,14 @@ def build_data(settings: Settings, store: ObjectStore, version: str, predictor) 
     ids = [layout.image_id(version, "train", int(i)) for i in keep]
     x_val, _, _ = load_split(store, version, "val")
     x_test, _, _ = load_split(store, version, "test")
+    stored = snapshot_outliers(store, version)
+    if stored is None:  # a snapshot without outliers (older, or none configured): from settings
+        outliers = outlier_features(settings, predictor)
+    else:
+        outliers = outlier_features(settings, predictor, stored["configured"], stored["user"])
     data = fitting.OODData(train, y[keep], _features(predictor, x_val), _features(predictor, x_test),
                            sanity_sets={"synthetic_noise": _features(predictor, synthetic_ood(x_val, settings.seed))},
-                           **outlier_features(settings, predictor))
+                           **outliers)
     return data, ids
 
 

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let current = null; // the last /classify answer
+const NONE_OF_THESE = "none_of_these";
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -87,6 +88,8 @@ function showSimilar(data) {
     const option = new Option(name.replaceAll("_", " "), name, false, name === data.label);
     select.add(option);
   }
+  // The reserved label of /feedback (ml.records.NONE_OF_THESE): the image is none of our classes.
+  select.add(new Option("None of these", NONE_OF_THESE));
   $("feedback").hidden = false;
 }
 
@@ -100,8 +103,9 @@ async function sendFeedback(label) {
       body: JSON.stringify({ request_id: current.request_id, label, source: "web" }),
     });
     const data = await response.json();
+    const said = label === NONE_OF_THESE ? "none of these" : label.replaceAll("_", " ");
     $("thanks").textContent = response.ok
-      ? `Thank you: recorded "${label.replaceAll("_", " ")}" for this image.`
+      ? `Thank you: recorded "${said}" for this image.`
       : (data.error || `Error ${response.status}`);
   } catch (err) {
     $("thanks").textContent = `Could not send: ${err}`;

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ml import layout
-from ml.records import FeedbackRecord
+from ml.records import NONE_OF_THESE, FeedbackRecord
 from ml.storage import open_store
 from tests.fixtures.serving import png_bytes, serving_bundle_dir, start_service  # noqa: F401
 
@@ -65,3 +65,35 @@ def test_upload_then_correct_via_a_similar_image(page_url, tmp_path):
     assert (record.label, record.source, record.model_version) == (label, "web", "11")
     assert store.get_bytes(record.image_key) == image.read_bytes()
     assert os.path.basename(record.image_key) == f"{request_id}.png"
+
+
+def test_none_of_these_is_stored_with_the_reserved_label(page_url, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (make test installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, settings = page_url
+    image = tmp_path / "upload.png"
+    image.write_bytes(png_bytes((64, 64), seed=7))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#file", str(image))
+            expect(page.locator("#result")).to_be_visible(timeout=20_000)
+            request_id = page.locator("#request-id").inner_text()
+            page.select_option("#label-select", label="None of these")
+            page.get_by_role("button", name="Send correction").click()
+            expect(page.locator("#thanks")).to_contain_text('recorded "none of these"', timeout=10_000)
+        finally:
+            browser.close()
+    store = open_store(settings)
+    key = layout.feedback_record(request_id)
+    deadline = time.monotonic() + 20
+    while not store.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = FeedbackRecord.from_json(store.get_bytes(key))
+    assert (record.label, record.source) == (NONE_OF_THESE, "web")
+    assert store.get_bytes(record.image_key) == image.read_bytes()

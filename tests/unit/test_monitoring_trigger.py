@@ -8,7 +8,7 @@ import pytest
 
 from ml import layout
 from ml.monitoring import trigger
-from ml.records import FeedbackRecord
+from ml.records import NONE_OF_THESE, FeedbackRecord
 from ml.storage import open_store
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -64,3 +64,14 @@ def test_enough_corrections_trigger_then_cooldown_blocks_then_allows(settings):
 def test_drift_alone_triggers(settings):
     decision = trigger.decide_retrain(settings, DRIFT, now=NOW)
     assert decision["retrain"] and decision["feedback_since_training"] == 0
+
+
+def test_none_of_these_counts_like_any_correction(settings):
+    add_feedback(settings, 3, NOW - timedelta(hours=1))
+    store = open_store(settings)
+    for i in range(2):
+        record = FeedbackRecord(f"n{i}", NONE_OF_THESE, "dog", "1", (NOW - timedelta(hours=1)).isoformat(),
+                                layout.feedback_image(f"n{i}", "png"))
+        store.put_bytes(layout.feedback_record(record.request_id), record.to_json().encode())
+    decision = trigger.decide_retrain(settings, NO_DRIFT, now=NOW)
+    assert decision["feedback_since_training"] == 5 and decision["retrain"] is True
