@@ -16,8 +16,11 @@ T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 @pytest.fixture
 def known(settings):
     """Version 3 has a cached pack; MLflow is unreachable, so nothing else can be looked up."""
+    import dataclasses
+
     synthetic.pack(list(settings.classes)).save(settings.home / "cache" / "reference" / "3")
-    return settings
+    # A dead port, whatever MLflow server an earlier test in the session left in the environment.
+    return dataclasses.replace(settings, mlflow_tracking_uri="http://127.0.0.1:1")
 
 
 def ship(settings, n: int, version: str, seed: int, when: datetime) -> None:
