@@ -70,13 +70,23 @@ class Predictor:
 
     def predict_batched(self, images: np.ndarray, batch_size: int = 512, progress: bool = False) -> Prediction:
         """Large arrays in fixed-size batches (bounded memory), with an optional tqdm bar."""
-        starts = range(0, len(images), batch_size)
-        if progress:
-            from tqdm import tqdm
+        return predict_in_batches(self, images, batch_size, progress)
 
-            starts = tqdm(starts, unit="batch", desc="predict")
-        parts = [self.predict(images[i:i + batch_size]) for i in starts]
-        if not parts:
-            return Prediction(np.zeros((0, self.n_classes), np.float32), np.zeros((0, self.n_classes), np.float32),
-                              np.zeros((0, self.embedding_dim), np.float32))
-        return Prediction(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("probs", "logits", "embeddings")))
+
+def predict_in_batches(predictor, images: np.ndarray, batch_size: int = 512, progress: bool = False) -> Prediction:
+    """`predictor.predict` over fixed-size batches, concatenated (any runtime with Predictor's interface)."""
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, unit="batch", desc="predict")
+    parts = [predictor.predict(images[i:i + batch_size]) for i in starts]
+    if not parts:
+        return empty_prediction(predictor.n_classes, predictor.embedding_dim)
+    return Prediction(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("probs", "logits", "embeddings")))
+
+
+def empty_prediction(n_classes: int, embedding_dim: int) -> Prediction:
+    """A Prediction for zero images."""
+    return Prediction(np.zeros((0, n_classes), np.float32), np.zeros((0, n_classes), np.float32),
+                      np.zeros((0, embedding_dim), np.float32))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.inference import Prediction
+from ml.inference import Prediction, empty_prediction, predict_in_batches
 
 log = logging.getLogger(__name__)
 XML, BIN, META = "model.xml", "model.bin", "openvino.json"
@@ -187,7 +187,7 @@ class OpenVINOPredictor:
         if images.dtype != np.uint8:
             images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
         if len(images) == 0:
-            return _empty(self.n_classes, self.embedding_dim)
+            return empty_prediction(self.n_classes, self.embedding_dim)
         with self._lock:
             results = self._request.infer([np.ascontiguousarray(images)], share_inputs=False)
             outs = [np.array(results[port], dtype=np.float32, copy=True) for port in self.compiled.outputs]
@@ -195,21 +195,7 @@ class OpenVINOPredictor:
 
     def predict_batched(self, images: np.ndarray, batch_size: int = 512, progress: bool = False) -> Prediction:
         """Large arrays in fixed-size batches (bounded memory), with an optional tqdm bar."""
-        starts = range(0, len(images), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, unit="batch", desc="predict")
-        parts = [self.predict(images[i:i + batch_size]) for i in starts]
-        if not parts:
-            return _empty(self.n_classes, self.embedding_dim)
-        return Prediction(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("probs", "logits", "embeddings")))
-
-
-def _empty(n_classes: int, embedding_dim: int) -> Prediction:
-    """A Prediction for zero images."""
-    return Prediction(np.zeros((0, n_classes), np.float32), np.zeros((0, n_classes), np.float32),
-                      np.zeros((0, embedding_dim), np.float32))
+        return predict_in_batches(self, images, batch_size, progress)
 
 
 def parity(reference: Any, candidate: Any, images: np.ndarray, batch_size: int = 256) -> dict:
