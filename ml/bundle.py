@@ -88,7 +88,7 @@ class ServingBundle:
         for artifact in ("bundle", "model"):
             if not (target / artifact).is_dir():
                 _download_artifact(mv.run_id, artifact, target)
-        verify_digests(target, dict(mv.tags or {}), str(mv.version))
+        verify_digests(target, dict(mv.tags or {}), str(mv.version), settings.serve_unverified_versions)
         import mlflow.keras
 
         model = mlflow.keras.load_model(str(target / "model"))
@@ -228,6 +228,8 @@ class TrainingImages:
             version, split, index = layout.parse_image_id(image_id)
         except ValueError as exc:
             raise KeyError(str(exc)) from None
+        if split not in layout.SPLITS:  # held-out corrections are users' uploads, never shown to others
+            raise KeyError(f"{image_id}: not a training image")
         array = self._array(version, split)
         if index >= len(array):
             raise KeyError(f"{image_id}: index out of range")
@@ -259,12 +261,19 @@ class BundleRejected(RuntimeError):
         self.reason = reason
 
 
-def verify_digests(target: Path, tags: dict[str, str], version: str) -> None:
-    """Compare the downloaded `bundle/` and `model/` with the gate's tags; a mismatch drops the cache."""
+def verify_digests(target: Path, tags: dict[str, str], version: str, allow_untagged: bool = False) -> None:
+    """Compare the downloaded `bundle/` and `model/` with the gate's tags; a mismatch drops the cache.
+
+    A version without the tags (registered by hand, or before the gate recorded digests) is refused
+    unless `allow_untagged` (VISIONLOOP_SERVE_UNVERIFIED_VERSIONS) says to serve it with a warning.
+    """
     from ml.digests import tree_digest
 
     for artifact in ("bundle", "model"):
         expected = tags.get(f"gate.{artifact}_sha256", "")
+        if not expected and not allow_untagged:
+            raise BundleRejected("digest", f"version {version} has no gate.{artifact}_sha256 tag: it did not pass "
+                                 "the gate (set VISIONLOOP_SERVE_UNVERIFIED_VERSIONS=true to serve it anyway)")
         if not expected:
             log.warning("version %s has no gate.%s_sha256 tag: serving its %s unverified", version, artifact, artifact)
             continue

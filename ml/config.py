@@ -94,6 +94,8 @@ class Settings:
     serve_workers: int = 1  # BentoML workers; each gets its own spool <home>/spool/worker-<i>
     bundle_retry_max_s: float = 900.0  # backoff cap for retrying a champion that failed to load
     alias_poll_seconds: float = 30.0
+    # Serve registry versions without the gate's digest tags (registered by hand or by an older gate).
+    serve_unverified_versions: bool = False
     # Forward pass: auto = the run's OpenVINO export (bundle/openvino/) when present, else TensorFlow.
     inference_runtime: str = "auto"
     request_log_batch: int = 200  # records per shipped object

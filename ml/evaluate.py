@@ -86,13 +86,6 @@ def score_sets(model: keras.Model, sets: GateSets) -> dict[str, Any]:
             "corrections_accuracy": corrections, "corrections_n": len(y)}
 
 
-def score_on_test(model: keras.Model, settings: Settings, dataset_version: str) -> dict[str, Any]:
-    """Score any model on a snapshot's test split (the gate uses it for a champion from another snapshot)."""
-    manifest = open_store(settings).get_json(layout.dataset_manifest(dataset_version))
-    x, y = read_split(settings, dataset_version, "test")
-    return score(Predictor(model), x, y, list(manifest.get("classes") or settings.classes))
-
-
 def evaluate_run(settings: Settings, run_id: str) -> dict[str, Any]:
     """Test metrics (accuracy, recall per class) and evaluation artifacts, logged into the run."""
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

@@ -215,12 +215,15 @@ def register_and_gate(settings: Settings, run_id: str) -> dict[str, Any]:
     decision["version"] = version
     describe(settings, client, run_id, version, decision)
     client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
+    # Every number and digest is on the version before `champion` can point at it (serving
+    # verifies the digests when it swaps); gate.promoted last: a retry after a crash re-runs the gate.
+    for key in (k for k in TAGS if k != "promoted"):
+        client.set_model_version_tag(settings.model_name, version, f"gate.{key}", _tag(decision[key]))
     if decision["promoted"]:
         promote(settings, version)
-    elif crashed_after_promotion and champion:
-        promote(settings, champion)  # undo the promotion the failed attempt made
-    for key in TAGS:  # gate.promoted last: a retry after a crash above re-runs the gate
-        client.set_model_version_tag(settings.model_name, version, f"gate.{key}", _tag(decision[key]))
+    elif crashed_after_promotion:
+        restore_champion(client, settings, champion)  # undo the promotion the failed attempt made
+    client.set_model_version_tag(settings.model_name, version, "gate.promoted", _tag(decision["promoted"]))
     log.info("model v%s %s: %s", version, "promoted" if decision["promoted"] else "rejected",
              "; ".join(decision["reasons"] + decision["notes"]))
     return decision
@@ -268,6 +271,14 @@ def promote(settings: Settings, version: str | int) -> dict[str, Any]:
         client.set_registered_model_alias(settings.model_name, PREVIOUS, current)
     client.set_registered_model_alias(settings.model_name, CHAMPION, version)
     return {"champion": version, "previous_champion": alias_version(settings, PREVIOUS)}
+
+
+def restore_champion(client: MlflowClient, settings: Settings, champion: str | None) -> None:
+    """Point `champion` back at the version a crashed gate replaced (or at nothing); `previous_champion` stays."""
+    if champion:
+        client.set_registered_model_alias(settings.model_name, CHAMPION, champion)
+    else:
+        client.delete_registered_model_alias(settings.model_name, CHAMPION)
 
 
 def rollback(settings: Settings) -> dict[str, Any]:

@@ -112,8 +112,9 @@ class VisionLoop:
         self._stop = threading.Event()
         bundle_dir = os.environ.get(BUNDLE_DIR_ENV)
         if bundle_dir:
-            self.worker.bundle = ServingBundle.from_dir(bundle_dir, version=os.environ.get(
-                "VISIONLOOP_BUNDLE_VERSION", "local"))
+            self.worker.bundle = ServingBundle.from_dir(
+                bundle_dir, version=os.environ.get("VISIONLOOP_BUNDLE_VERSION", "local"),
+                imagenet=self.settings.imagenet_enabled, runtime=self.settings.inference_runtime)
             self.worker.bundle.smoke_test()  # a bundle whose classes and outputs disagree never serves
             _freeze_heap()
         else:
@@ -123,10 +124,10 @@ class VisionLoop:
         self.worker.start()
 
     def _spool_dir(self) -> Path | None:
-        """None (the default <home>/spool) for one worker; <home>/spool/worker-<i> for each of several."""
+        """None (VISIONLOOP_SPOOL_DIR, default <home>/spool) for one worker; `worker-<i>` inside it for several."""
         if self.settings.serve_workers <= 1:
             return None
-        return Path(self.settings.home) / "spool" / f"worker-{self.worker_index}"
+        return Path(self.settings.spool_dir or Path(self.settings.home) / "spool") / f"worker-{self.worker_index}"
 
     # -- model lifecycle ---------------------------------------------------------------------
 

@@ -125,7 +125,12 @@ class RequestLog(Shipper, Recovery):
         with self._lock:
             self._append(prefix, record.to_json(), image)
             if sha:
-                self.index.add_feedback(request_id, sha)
+                try:
+                    self.index.add_feedback(request_id, sha)
+                except sqlite3.Error as exc:  # as for requests: never keep a record we cannot answer for
+                    self.writer.undo_last()
+                    raise SpoolUnavailable(f"request spool {self.dir}: index write failed: {exc}",
+                                           self.retry_after_s) from None
         self._wake.set()
         return record
 
@@ -149,6 +154,10 @@ class RequestLog(Shipper, Recovery):
                     "sha256": str(pointer["image_sha256"]), "label": str(pointer["label"]),
                     "model_version": str(pointer["model_version"]), "ext": str(pointer["ext"])}
         except ObjectNotFound:
+            if self.settings.serve_workers > 1:  # a sibling worker may not have shipped it yet
+                raise SpoolUnavailable(f"request {request_id} is not known to this worker yet (another worker "
+                                       "may still be shipping it); retry shortly",
+                                       max(1, int(self.settings.request_log_interval_s) + 1)) from None
             raise UnknownRequest(request_id) from None
         except StorageError as exc:
             raise SpoolUnavailable(f"request {request_id} is not in this spool and the object store cannot "

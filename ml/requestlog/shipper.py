@@ -72,7 +72,7 @@ class Shipper:
             if exc.errno in _TRANSIENT:
                 raise
             self._quarantine_batch(path, str(exc))
-        except (SpoolCorrupt, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001  (anything else is this batch's content: never wedge on it)
             self._quarantine_batch(path, str(exc) or type(exc).__name__)
 
     def _seal(self, seq: int) -> None:

@@ -117,7 +117,9 @@ def test_digest_mismatch_is_refused_and_drops_the_cached_copy(serving_bundle_dir
     shutil.copy(directory / "model.keras", target / "model" / "model.keras")
     good = {"gate.bundle_sha256": tree_digest(target / "bundle"), "gate.model_sha256": tree_digest(target / "model")}
     verify_digests(target, good, "4")
-    verify_digests(target, {}, "4")  # untagged (older) versions load with a warning
+    with pytest.raises(BundleRejected, match="no gate.bundle_sha256 tag: it did not pass the gate"):
+        verify_digests(target, {}, "4")  # a version that never passed the gate is refused...
+    verify_digests(target, {}, "4", allow_untagged=True)  # ...unless the operator opts in
     assert "no gate.bundle_sha256 tag" in caplog.text
     (target / "model" / "model.keras").write_bytes(b"tampered")
     with pytest.raises(BundleRejected, match="model/ digest") as err:
