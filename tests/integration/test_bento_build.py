@@ -21,7 +21,6 @@ import pytest
 from packaging.requirements import Requirement
 
 from serving.build import LOCK, lock_requirements
-from tests.fixtures.pipeline import smoke_champion  # noqa: F401  (session fixture)
 from tests.fixtures.serving import _wait_ready, png_bytes, serving_bundle_dir  # noqa: F401
 
 pytestmark = pytest.mark.integration

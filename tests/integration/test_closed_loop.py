@@ -63,10 +63,15 @@ def loop_settings(mlflow_server, airflow_db, tmp_path, monkeypatch) -> Settings:
         "VISIONLOOP_MONITORING_EXPERIMENT": "loop-monitoring", "VISIONLOOP_PROFILE": "smoke",
         "VISIONLOOP_DATA_SOURCES": f"folder:{folder},feedback", "VISIONLOOP_CLASS_TARGET": "40",
         "VISIONLOOP_CORRECTIONS_HOLDOUT": "0.5",
-        # ~52 clean test images and 3-epoch smoke models: +-0.1 between two trainings is noise,
-        # and 4 test images per class make recall noise too. The corrections rule decides here.
-        "VISIONLOOP_GATE_MIN_ACCURACY": "0", "VISIONLOOP_GATE_EPSILON": "0.25",
+        # ~52 clean test images and 3-epoch width-8 smoke models: two trainings on the same data
+        # were seen 0.84 and 0.41 apart, and 4 test images per class make recall noise too. The
+        # corrections rule decides here; clean only has to stop a model that learned nothing.
+        "VISIONLOOP_GATE_MIN_ACCURACY": "0", "VISIONLOOP_GATE_EPSILON": "0.5",
         "VISIONLOOP_GATE_MAX_RECALL_DROP": "1", "VISIONLOOP_RETRAIN_MIN_FEEDBACK": str(CORRECTIONS),
+        # The corrections here are noise images all given one label: seen 3x per epoch (the default)
+        # they pull a 3-epoch smoke model's clean accuracy down by 0.3 in some runs. Once is enough
+        # for the corrections rule to see them learned.
+        "VISIONLOOP_FEEDBACK_WEIGHT": "1",
         "VISIONLOOP_DRIFT_MIN_WINDOW": "10", "VISIONLOOP_ALIAS_POLL_SECONDS": "1",
         "VISIONLOOP_REQUEST_LOG_INTERVAL_S": "0.2", "VISIONLOOP_IMAGENET_ENABLED": "false",
     }
@@ -166,7 +171,8 @@ def reject_a_worse_candidate(client, settings: Settings, dataset_version: str, c
     _, decision = run_pipeline(settings, dataset_version, overrides={"learning_rate": 0.0})
     assert not decision["promoted"] and champion_version(settings) == champion
     assert alias_version(settings, "challenger") == decision["version"]
-    assert any("clean test accuracy" in r for r in decision["reasons"]), decision["reasons"]
+    # It learned nothing: worse than the champion on the held-out corrections, and usually on clean too.
+    assert any("corrections" in r or "clean test accuracy" in r for r in decision["reasons"]), decision["reasons"]
     time.sleep(3 * settings.alias_poll_seconds)  # a few alias polls of the running service
     assert client.get("/model_info").json()["model_version"] == str(champion)
 

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.pipeline import smoke_champion  # noqa: F401  (session fixture)
 from tests.fixtures.serving import png_bytes, start_service
 
 pytestmark = pytest.mark.integration

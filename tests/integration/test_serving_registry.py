@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from ml.bundle import ServingBundle
-from tests.fixtures.pipeline import smoke_champion  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.integration
 
