@@ -11,6 +11,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,10 +87,11 @@ class ServingBundle:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         mv = MlflowClient().get_model_version_by_alias(settings.model_name, alias)
         target = Path(settings.home).absolute() / "serving" / "bundles" / str(mv.run_id)
-        for artifact in ("bundle", "model"):
-            if not (target / artifact).is_dir():
-                _download_artifact(mv.run_id, artifact, target)
-        verify_digests(target, dict(mv.tags or {}), str(mv.version), settings.serve_unverified_versions)
+        with _cache_lock(target):  # the workers of one service share the cache and start together
+            for artifact in ("bundle", "model"):
+                if not (target / artifact).is_dir():
+                    _download_artifact(mv.run_id, artifact, target)
+            verify_digests(target, dict(mv.tags or {}), str(mv.version), settings.serve_unverified_versions)
         import mlflow.keras
 
         model = mlflow.keras.load_model(str(target / "model"))
@@ -282,6 +285,20 @@ def verify_digests(target: Path, tags: dict[str, str], version: str, allow_untag
             shutil.rmtree(target / artifact, ignore_errors=True)  # the next attempt downloads it again
             raise BundleRejected("digest", f"version {version}: {artifact}/ digest {actual[:12]} differs "
                                  f"from the registered {expected[:12]}")
+
+
+@contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on one cached run (download, verify) across the processes that share it."""
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _download_artifact(run_id: str, artifact: str, target: Path) -> None:

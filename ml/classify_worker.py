@@ -201,7 +201,6 @@ class ClassifyWorker:
 
     def _answer(self, bundle: ServingBundle, data: bytes, prep: imaging.Prepared, res: dict, start: float) -> Outcome:
         """Spool the request record and build the response body."""
-        import hashlib
         import time
         import uuid
 
@@ -215,7 +214,7 @@ class ClassifyWorker:
             probabilities=res["probabilities"], is_ood=res["is_ood"], ood_score=res["ood_score"],
             ood_threshold=res["ood_threshold"], ood_detector=res["ood_detector"],
             pixel_entropy=res["pixel_entropy"], hist_distance=res["hist_distance"], embedding=res["embedding"],
-            image_sha256=hashlib.sha256(data).hexdigest(), image_format=fmt, width=prep.width,
+            image_sha256="", image_format=fmt, width=prep.width,  # RequestLog hashes the spooled bytes
             height=prep.height, byte_size=len(data), latency_ms=round((time.perf_counter() - start) * 1000, 3))
         self.requestlog.log_request(record, data, ext)
         self.metrics.predictions.labels(label=res["label"]).inc()

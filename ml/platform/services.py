@@ -47,14 +47,26 @@ def shared_secret(settings: Settings, name: str) -> str:
     """A random secret kept in <home>/airflow/<name> (0600): every component must sign with the same one."""
     path = settings.home.resolve() / "airflow" / name
     try:
-        return path.read_text().strip()
+        value = path.read_text().strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value)
+        value = ""
+    if value:
         return value
+    # Written whole under a temporary name, then linked in: two components starting at once
+    # both end up with whichever secret landed first, and a crash never leaves an empty file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        if not path.read_text().strip():  # an empty file from a crash before this fix
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def celery_env(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:

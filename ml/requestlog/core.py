@@ -207,6 +207,10 @@ class RequestLog(Shipper, Recovery):
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout_s)
+        if any(thread.is_alive() for thread in self._threads):
+            # A ship still in flight: keep the files and the lock; the process exit releases them.
+            log.warning("request log %s: shipper still busy after %.0f s; leaving the spool locked", self.dir, timeout_s)
+            return
         self._threads.clear()
         with self._lock:
             try:
