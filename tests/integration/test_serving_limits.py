@@ -29,7 +29,7 @@ def served(serving_bundle_dir, tmp_path_factory):  # noqa: F811
 
 
 def test_corrections_are_rate_limited_per_client(served):
-    """First in this module: every /feedback call (the huge-JSON ones too) takes a token."""
+    """First in this module, so the bucket (burst 4) is full: calls five and six are refused."""
     request_id = httpx.post(f"{served}/classify", files={"image": ("a.png", png_bytes(seed=9), "image/png")}).json()[
         "request_id"]
     statuses = [httpx.post(f"{served}/feedback", json={"request_id": request_id, "label": "cat"}) for _ in range(6)]
