@@ -22,8 +22,9 @@ from PIL import Image
 
 from ml.data.identity import ID_DTYPE, assign_splits
 from ml.imaging import IMAGE_SIZE
+from ml.layout import ALL_SPLITS
 
-SPLITS = ("train", "val", "test", "corrections")  # a snapshot's splits; corrections hold only feedback
+SPLITS = ALL_SPLITS  # a snapshot's splits (ml.layout); corrections hold only feedback
 HELD_OUT = ("val", "test", "corrections")
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1

@@ -33,20 +33,13 @@ def write_snapshot(store: ObjectStore, version: str, splits: dict[str, SplitArra
     """Write every array (and the outliers), then the manifest (its presence marks a complete snapshot), then the index."""
     for split in SPLITS:
         for name in ARRAYS:
-            store.put_array(array_key(version, split, name), getattr(splits[split], name))
+            store.put_array(layout.dataset_array(version, split, name), getattr(splits[split], name))
     if outlier_set is not None:
         outliers.put(store, outliers.snapshot_prefix(version), outlier_set)
     key = layout.dataset_manifest(version)
     store.put_json(key, manifest)
     append_index(store, manifest)
     return key
-
-
-def array_key(version: str, split: str, name: str) -> str:
-    """`datasets/<version>/<split>/<name>.npy` for every split, `corrections` included."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-    return f"{layout.dataset_prefix(version)}{split}/{name}.npy"
 
 
 def exists(store: ObjectStore, version: str) -> bool:
@@ -64,7 +57,7 @@ def load_manifest(store: ObjectStore, version: str) -> dict:
 
 def load_split(store: ObjectStore, version: str, split: str) -> SplitArrays:
     """x (N,32,32,3) uint8, y (N,) int64, synthetic (N,) bool, source (N,) int16, ids (N,) ASCII; cached."""
-    cache_key = store.uri(array_key(version, split, "x"))
+    cache_key = store.uri(layout.dataset_array(version, split, "x"))
     with _lock:
         key_lock = _loading.setdefault(cache_key, threading.Lock())
     with key_lock:  # concurrent first reads (serving) download the split once
@@ -77,7 +70,7 @@ def load_split(store: ObjectStore, version: str, split: str) -> SplitArrays:
 
 def _load(store: ObjectStore, version: str, split: str, cache_key: str) -> SplitArrays:
     try:
-        arrays = {name: store.get_array(array_key(version, split, name)) for name in ARRAYS[:-1]}
+        arrays = {name: store.get_array(layout.dataset_array(version, split, name)) for name in ARRAYS[:-1]}
     except ObjectNotFound:
         if split != "corrections" or not exists(store, version):
             raise ObjectNotFound(f"dataset {version!r} has no {split} split in the store") from None
@@ -98,7 +91,7 @@ def _ids(store: ObjectStore, version: str, split: str, arrays: dict) -> np.ndarr
     if "ids" in arrays:
         return arrays["ids"]
     try:
-        return store.get_array(array_key(version, split, "ids"))
+        return store.get_array(layout.dataset_array(version, split, "ids"))
     except ObjectNotFound:
         return content_ids(arrays["x"])
 
