@@ -48,6 +48,28 @@ def sniff_format(data: bytes) -> tuple[str, str]:
     return "UNKNOWN", "bin"
 
 
+def decode_refusal(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and reason for an upload `imaging.prepare` could not turn into an input."""
+    if isinstance(exc, imaging.ImageTooLarge):
+        return 413, f"image has too many pixels: {exc}"
+    if isinstance(exc, imaging.UnsupportedFormat):
+        return 415, str(exc)
+    if isinstance(exc, imaging.ImageDecodeError):
+        return 422, str(exc)
+    log.exception("could not decode an upload")
+    return 422, f"not a readable image: {type(exc).__name__}"
+
+
+def answer_body(bundle: ServingBundle, res: dict) -> dict:
+    """The model's part of a `/classify` answer (the pyfunc returns exactly this)."""
+    return {"label": res["label"], "confidence": res["confidence"],
+            "probabilities": dict(zip(bundle.classes, res["probabilities"], strict=True)),
+            "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
+            "ood_threshold": round(res["ood_threshold"], 6),
+            "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
+            "similar": res["similar"]}
+
+
 class ServingMetrics:
     """Prometheus counters beside BentoML's own, exposed on the same /metrics."""
 
@@ -163,15 +185,9 @@ class ClassifyWorker:
             return Outcome(413, error_body(f"image is larger than the {self.max_bytes} byte limit"))
         try:
             return imaging.prepare(data, self.formats, self.max_pixels, preview=preview)
-        except imaging.ImageTooLarge as exc:
-            return Outcome(413, error_body(f"image has too many pixels: {exc}"))
-        except imaging.UnsupportedFormat as exc:
-            return Outcome(415, error_body(str(exc)))
-        except imaging.ImageDecodeError as exc:
-            return Outcome(422, error_body(str(exc)))
         except Exception as exc:  # a decoder bug on one upload must not fail its batch
-            log.exception("could not decode an upload")
-            return Outcome(422, error_body(f"not a readable image: {type(exc).__name__}"))
+            status, reason = decode_refusal(exc)
+            return Outcome(status, error_body(reason))
 
     def _classify(self, bundle: ServingBundle, items: list[imaging.Prepared]) -> list[dict | Outcome]:
         """One model call for the batch; if it fails, each image alone, so one bad input fails only itself."""
@@ -220,14 +236,8 @@ class ClassifyWorker:
         self.metrics.predictions.labels(label=res["label"]).inc()
         if res["is_ood"]:
             self.metrics.ood.inc()
-        body = {
-            "request_id": request_id, "model_version": bundle.version, "label": res["label"],
-            "confidence": res["confidence"], "probabilities": dict(zip(bundle.classes, res["probabilities"], strict=True)),
-            "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
-            "ood_threshold": round(res["ood_threshold"], 6),
-            "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
-            "similar": res["similar"], "imagenet": bundle.suggest_imagenet(prep.preview),
-        }
+        body = {"request_id": request_id, "model_version": bundle.version, **answer_body(bundle, res),
+                "imagenet": bundle.suggest_imagenet(prep.preview)}
         return Outcome(200, json.dumps(body, separators=(",", ":")).encode())
 
     def training_png(self, images: TrainingImages, image_id: str) -> bytes:

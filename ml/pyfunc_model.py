@@ -73,6 +73,7 @@ def classify_bytes(bundle: Any, blobs: list[bytes], max_pixels: int | None = Non
     import numpy as np
 
     from ml import imaging
+    from ml.classify_worker import answer_body, decode_refusal
     from ml.config import Settings
 
     max_pixels = max_pixels or Settings.from_env().max_image_pixels  # the service's limit
@@ -81,31 +82,14 @@ def classify_bytes(bundle: Any, blobs: list[bytes], max_pixels: int | None = Non
     for i, data in enumerate(blobs):
         try:
             readable.append((i, imaging.prepare(data, imaging.SERVING_FORMATS, max_pixels, preview=False)))
-        except imaging.ImageTooLarge as exc:
-            answers[i] = {"error": f"image has too many pixels: {exc}", "status": 413}
-        except imaging.UnsupportedFormat as exc:
-            answers[i] = {"error": str(exc), "status": 415}
-        except imaging.ImageDecodeError as exc:
-            answers[i] = {"error": str(exc), "status": 422}
         except Exception as exc:  # a decoder bug on one image must not fail the others
-            answers[i] = {"error": f"not a readable image: {type(exc).__name__}", "status": 422}
+            status, reason = decode_refusal(exc)
+            answers[i] = {"error": reason, "status": status}
     if readable:
         results = bundle.classify(np.stack([p.pixels for _, p in readable]))
         for (i, _), res in zip(readable, results, strict=True):
-            answers[i] = answer(bundle, res)
+            answers[i] = answer_body(bundle, res)  # /classify less request_id, model_version, imagenet
     return answers  # type: ignore[return-value]
-
-
-def answer(bundle: Any, res: dict) -> dict:
-    """The `/classify` body for one classify result, less request_id, model_version and imagenet."""
-    from ml.classify_worker import OOD_MESSAGE
-
-    return {"label": res["label"], "confidence": res["confidence"],
-            "probabilities": dict(zip(bundle.classes, res["probabilities"], strict=True)),
-            "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
-            "ood_threshold": round(res["ood_threshold"], 6),
-            "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
-            "similar": res["similar"]}
 
 
 def log_pyfunc(run_id: str, tracking_uri: str | None = None, model_dir: str | Path | None = None,

@@ -177,7 +177,7 @@ class VisionLoop:
         """The `image` part's bytes, or the error to answer with."""
         limit = self.settings.max_upload_bytes
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit + 65536:  # multipart framing is small
+        if length.isdigit() and int(length) > limit + MULTIPART_SLACK:  # BodyLimit's bound, before parsing
             return Outcome(413, error_body(f"upload is larger than the {limit} byte limit"))
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return Outcome(415, error_body("send multipart/form-data with the image in the field 'image'"))
