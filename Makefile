@@ -57,7 +57,7 @@ status: $(STAMP) ## Show each component, its URL and health
 test: $(STAMP) ## Install test tools and run the whole test suite
 	@bash infra/scripts/ensure-chromium.sh
 	@bash infra/scripts/ensure-services.sh
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 test-fast: $(STAMP) ## Unit tests only
 	$(BIN)/python -m pytest tests/unit
@@ -71,8 +71,8 @@ bench: $(STAMP) ## Run every benchmark in bench/ (each prints one JSON line)
 data: $(STAMP) ## Build the dataset snapshot from VISIONLOOP_DATA_SOURCES
 	$(BIN)/visionloop data build
 
-train: $(STAMP) ## Train on the newest snapshot (VISIONLOOP_PROFILE picks smoke/standard/full)
-	$(BIN)/visionloop train run
+train: $(STAMP) ## Train, evaluate, fit OOD, build bundle + reference pack, then gate, on the newest snapshot (NO_REGISTER=1 stops before the gate)
+	$(BIN)/visionloop train run $(if $(NO_REGISTER),--no-register)
 
 serve: $(STAMP) ## Serve the champion in the foreground
 	$(BIN)/visionloop serve start

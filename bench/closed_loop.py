@@ -101,18 +101,11 @@ def experiments(settings, home: Path) -> None:
 
 
 def train_pipeline(settings, version: str, profile: str, overrides: dict) -> dict:
-    """training_pipeline's task calls: train -> evaluate -> fit_ood -> reference -> gate."""
-    from ml.evaluate import evaluate_run
-    from ml.monitoring.reference import compute_and_log
-    from ml.ood.pipeline import fit_and_log
-    from ml.registry import register_and_gate
-    from ml.train import train_model
+    """training_pipeline's stages: train -> evaluate -> fit_ood -> build_bundle -> reference -> gate."""
+    from ml.stages.chain import run_training
 
-    trained = train_model(settings, version, profile=profile, overrides=overrides)
-    evaluate_run(settings, trained["run_id"])
-    fit_and_log(settings, trained["run_id"])
-    compute_and_log(settings, trained["run_id"])
-    return {**register_and_gate(settings, trained["run_id"]), "train": trained}
+    result = run_training(settings, version, profile=profile, overrides=overrides)
+    return {**result["gate"], "train": result}
 
 
 class Service:
@@ -196,11 +189,11 @@ def run_row(base, home: Path, run_id: str, version: str, shift: str, n: int, poo
     from ml.hparams import parse_overrides
     from ml.monitoring.drift import run_window
     from ml.monitoring.trigger import decide_retrain
-    from ml.registry import register_and_gate
+    from ml.stages.gate import gate
     from ml.storage import open_store
 
     settings = row_settings(base, home, shift, n)
-    register_and_gate(settings, run_id)  # the base run is this row's first champion
+    gate(settings, run_id)  # the base run is this row's first champion
     stream = [(shifted(data, shift, seed=i), label) for i, (data, label) in enumerate(pools["stream"][:n])]
     heldout = ([shifted(data, shift, seed=10**6 + i) for i, (data, _) in enumerate(pools["heldout"])],
                [label for _, label in pools["heldout"]])

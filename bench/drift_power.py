@@ -2,7 +2,7 @@
 
 Run from the repo root: `.venv/bin/python bench/drift_power.py [--run-id RUN]`
 (default: the champion of MLFLOW_TRACKING_URI). The run's validation split is
-cut in two: half A builds the reference pack (as `compute_and_log` does),
+cut in two: half A builds the reference pack (as `ml.stages.reference.reference` does),
 half B is the clean traffic. Model outputs are computed once per image set
 (clean, each corruption x severity, OOD), then windows are sampled from them.
 Shifts: Gaussian noise, blur, brightness, contrast (CIFAR-10-C parameters,
@@ -28,12 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ml import imaging, layout  # noqa: E402
+from ml import imaging  # noqa: E402
 from ml.config import Settings  # noqa: E402
 from ml.monitoring import signals  # noqa: E402
 from ml.monitoring.reference import ReferencePack  # noqa: E402
 from ml.monitoring.signals import WindowData  # noqa: E402
-from ml.storage import open_store  # noqa: E402
 
 # CIFAR-10-C (Hendrycks & Dietterich) parameters per severity 1-5.
 SEVERITY = {"gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10), "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
@@ -71,21 +70,22 @@ def ood_images(path: Path) -> np.ndarray:
 def resolve_run(settings: Settings, run_id: str | None) -> str:
     if run_id:
         return run_id
-    import mlflow
+    from ml.stages import tracking
 
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    return client.get_model_version_by_alias(settings.model_name, "champion").run_id
+    version = tracking.champion_version(settings)
+    if version is None:
+        raise SystemExit("no champion in the registry: pass --run-id")
+    return tracking.run_id_of_version(settings, version)
 
 
-def ood_gate(run_id: str):
+def ood_gate(settings: Settings, run_id: str):
     """The run's default OOD detector as images+outputs -> is_ood, or None when the run logged none."""
     try:
-        import mlflow
-
         from ml.ood.base import OODFeatures
         from ml.ood.persist import load_default_detector
+        from ml.stages import tracking
 
-        directory = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/bundle/ood", dst_path=tempfile.mkdtemp())
+        directory = tracking.download(settings, run_id, "bundle/ood", tempfile.mkdtemp())
         detector = load_default_detector(directory)
     except Exception as exc:  # noqa: BLE001 - any failure means: no detector to use
         print(f"no OOD detector in run {run_id} ({type(exc).__name__}); using a max-softmax gate", file=sys.stderr)
@@ -173,20 +173,16 @@ def parse_args() -> argparse.Namespace:
 
 def build_sets(settings: Settings, run_id: str, ood_archive: Path, rng: np.random.Generator) -> dict:
     """Reference pack from half A of the validation split; features of half B, its corruptions and OOD."""
-    import mlflow
-
     from ml.inference import Predictor
-    from ml.model import load_run_model
+    from ml.stages import snapshots, tracking
 
-    version = mlflow.MlflowClient().get_run(run_id).data.params["dataset_version"]
-    store = open_store(settings)
-    x_val, y_val, y_train = (store.get_array(layout.dataset_array(version, split, name))
-                             for split, name in (("val", "x"), ("val", "y"), ("train", "y")))
-    class_hists = imaging.class_mean_histograms(store.get_array(layout.dataset_array(version, "train", "x")),
-                                                y_train, len(settings.classes))
+    version = tracking.dataset_version_of_run(settings, run_id)
+    x_val, y_val = snapshots.split(settings, version, "val")
+    x_train, y_train = snapshots.split(settings, version, "train")
+    class_hists = imaging.class_mean_histograms(x_train, y_train, len(settings.classes))
     order = rng.permutation(len(x_val))
     part_a, part_b = order[: len(order) // 2], order[len(order) // 2:]
-    predictor, gate = Predictor(load_run_model(run_id)), ood_gate(run_id)
+    predictor, gate = Predictor(tracking.load_run_model(settings, run_id)), ood_gate(settings, run_id)
     ref = featurize(predictor, x_val[part_a], class_hists, gate, -1.0)
     conf_cut = None if gate else float(np.quantile(ref["confidence"], 1 - settings.ood_target_tpr))
     if not gate:
@@ -254,9 +250,6 @@ def main() -> None:
     started = time.perf_counter()
     settings = Settings.from_env()
     rng = np.random.default_rng(args.seed)
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     run_id = resolve_run(settings, args.run_id)
     cache = Path(args.features_cache) if args.features_cache else None
     if cache and cache.is_file():  # re-running the window sampling needs no forward passes

@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.config import Settings  # noqa: E402
-from ml.monitoring import drift, synthetic, window  # noqa: E402
+from ml.monitoring import synthetic, window  # noqa: E402
+from ml.stages import drift  # noqa: E402
 from ml.storage import open_store  # noqa: E402
 
 

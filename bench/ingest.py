@@ -28,9 +28,8 @@ def one_build(workers: int) -> dict:
     """Build into a fresh temp store in this process; then time a second, reused build."""
     sys.path.insert(0, str(REPO))
     from ml.config import Settings
-    from ml.data import snapshot
-    from ml.data.build import build_dataset
-    from ml.storage import open_store
+    from ml.stages import snapshots
+    from ml.stages.data import build as build_dataset
 
     with tempfile.TemporaryDirectory(prefix="visionloop-bench-") as tmp:
         sources = tuple(f"folder:{DATASETS / a}" for a in ARCHIVES)
@@ -45,7 +44,7 @@ def one_build(workers: int) -> dict:
         started = time.perf_counter()
         reused = build_dataset(settings, workers=workers)
         reuse_s = time.perf_counter() - started
-        manifest = snapshot.load_manifest(open_store(settings), result["version"])
+        manifest = snapshots.manifest(settings, result["version"])
     return {"workers": workers, "version": result["version"], "images_in": manifest["images_in"],
             "images_out": manifest["images_out"], "synthetic": sum(manifest["synthetic"].values()),
             "duplicates": manifest["duplicates"], "seconds": round(seconds, 2),

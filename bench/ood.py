@@ -3,6 +3,8 @@
     python bench/ood.py --run-id RUN            # a trained run (its model and dataset snapshot)
     python bench/ood.py                         # the registered champion
     python bench/ood.py --train-profile smoke   # self-check: a smoke-sized model trained here (weak!)
+    python bench/ood.py --train-profile standard --compare-oe 0,0.5 --per-class 1000 --set max_minutes=6
+        # outlier exposure on/off: the same model trained once per weight by ml.train.fit, same seed
 
 Outliers: ../shared/datasets/ood_dev and ood_dev2, split by class (ml.ood.outlier_data) into fit,
 calibrate and evaluate groups; only the evaluate classes are scored ("heldout*" sets). scikit-learn's
@@ -65,19 +67,13 @@ def digits_images() -> np.ndarray:
 
 def data_from_run(settings: Settings, run_id: str):
     """The pipeline's own data: the run's model on its snapshot, with the configured outlier groups."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     from ml.inference import Predictor
-    from ml.model import load_run_model
-    from ml.ood.pipeline import build_data
-    from ml.storage import open_store
+    from ml.stages import tracking
+    from ml.stages.fit_ood import build_data
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    version = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.params["dataset_version"]
-    predictor = Predictor(load_run_model(run_id))
-    data, _ = build_data(settings, open_store(settings), version, predictor)
-    return data, predictor, f"run {run_id} (dataset {version})"
+    version = tracking.dataset_version_of_run(settings, run_id)
+    predictor = Predictor(tracking.load_run_model(settings, run_id))
+    return build_data(settings, version, predictor), predictor, f"run {run_id} (dataset {version})"
 
 
 def read_archive(path: Path, per_class: int, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +92,18 @@ def read_archive(path: Path, per_class: int, classes: tuple[str, ...]) -> tuple[
     return np.concatenate([x for x, _ in found]), np.concatenate([np.full(len(x), c) for x, c in found])
 
 
+def shared_splits(settings: Settings, per_class: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The first per_class shared images of each class, shuffled into train (3/4), val and test (1/8 each)."""
+    parts = [read_archive(DATASETS / name, per_class, settings.classes)
+             for name in ("cifar10_train_jpg.tar.gz", "extra_superclasses_train.tar.gz")]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    order = np.random.default_rng(settings.seed).permutation(len(y))
+    x, y = x[order], y[order]
+    n_val = len(y) // 8
+    return {"val": (x[:n_val], y[:n_val]), "test": (x[n_val:2 * n_val], y[n_val:2 * n_val]),
+            "train": (x[2 * n_val:], y[2 * n_val:])}
+
+
 def quick_model(settings: Settings, profile: str, per_class: int):
     """Train an airnet with the profile's width and epochs on the shared images (CPU) and build the data."""
     import keras
@@ -103,27 +111,22 @@ def quick_model(settings: Settings, profile: str, per_class: int):
     from ml.hparams import get_profile
     from ml.inference import Predictor
     from ml.model import build_model
-    from ml.ood.pipeline import _features, outlier_features, synthetic_ood
+    from ml.ood.pipeline import features, outlier_features, synthetic_ood
 
     hp = get_profile(profile)
     classes = settings.classes
-    parts = [read_archive(DATASETS / name, per_class, classes)
-             for name in ("cifar10_train_jpg.tar.gz", "extra_superclasses_train.tar.gz")]
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    order = np.random.default_rng(settings.seed).permutation(len(y))
-    x, y = x[order], y[order]
-    n_val = len(y) // 8
-    x_val, y_val, x_test, x_tr, y_tr = x[:n_val], y[:n_val], x[n_val:2 * n_val], x[2 * n_val:], y[2 * n_val:]
+    splits = shared_splits(settings, per_class)
+    (x_tr, y_tr), (x_val, y_val), (x_test, _) = splits["train"], splits["val"], splits["test"]
     keras.utils.set_random_seed(settings.seed)
     model = build_model("airnet", len(classes), width=hp.width)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(np.concatenate([x_tr, x_tr[:, :, ::-1]]), np.concatenate([y_tr, y_tr]), batch_size=128,
               epochs=hp.epochs, verbose=2)
     predictor = Predictor(model)
-    val = _features(predictor, x_val)
+    val = features(predictor, x_val)
     accuracy = float((val.predicted == y_val).mean())
-    data = fitting.OODData(_features(predictor, x_tr), y_tr, val, _features(predictor, x_test),
-                           sanity_sets={"synthetic_noise": _features(predictor, synthetic_ood(x_val, settings.seed))},
+    data = fitting.OODData(features(predictor, x_tr), y_tr, val, features(predictor, x_test),
+                           sanity_sets={"synthetic_noise": features(predictor, synthetic_ood(x_val, settings.seed))},
                            **outlier_features(settings, predictor))
     return data, predictor, (f"SMOKE-SIZED quick model ({profile} profile width {hp.width}, {hp.epochs} epochs, "
                              f"{len(y_tr)} train images, Adam): val accuracy {accuracy:.3f}")
@@ -159,16 +162,87 @@ def report(summary: dict, block: dict, model: str, seconds: float) -> dict:
             "targets": TARGETS, "meets_targets": meets, "detectors": rows, "seconds": round(seconds, 1)}
 
 
+def product_model(settings: Settings, hp, splits: dict, outliers: np.ndarray | None):
+    """Train as the train stage does (ml.warmstart's scratch model, ml.train.fit); the predictor and its numbers."""
+    import keras
+
+    from ml.inference import Predictor
+    from ml.train import fit, val_accuracy_of
+    from ml.warmstart import initial_model
+
+    keras.utils.set_random_seed(hp.seed)
+    model, hp, _ = initial_model(hp, list(settings.classes), splits["train"][0])
+    timing = fit(model, {"train": splits["train"], "val": splits["val"]}, hp, outliers=outliers)
+    predictor = Predictor(model)
+    return predictor, {"val_accuracy": val_accuracy_of(predictor, splits["val"]), **timing}
+
+
+def _rounded(numbers: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in numbers.items()}
+
+
+def oe_run(settings: Settings, hp, splits: dict, sources: list, digits: np.ndarray) -> dict:
+    """One model trained with hp's outlier-exposure weight, then every detector fitted and evaluated on it."""
+    from ml.ood.pipeline import ood_data
+    from ml.outlier_exposure import fit_group_images
+
+    stored = {"configured": sources, "user": []}  # the snapshot's form: OE trains on the fit group only
+    predictor, numbers = product_model(settings, hp, splits, fit_group_images(stored))
+    data = ood_data(settings, predictor, splits["train"], splits["val"][0], splits["test"][0], stored)
+    data.sanity_sets["digits"] = OODFeatures.from_prediction(predictor.predict_batched(digits))
+    detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
+    block = default_block(detectors[summary["default_detector"]], data, summary)
+    by_detector = {name: {s: round(row["sets"][s]["auroc"], 4) for s in ("heldout", "digits") if s in row["sets"]}
+                   for name, row in summary["detectors"].items()}
+    run = {"outlier_exposure_weight": hp.outlier_exposure_weight, **_rounded(numbers),
+           "default": _rounded(block), "auroc_by_detector": by_detector, "heldout_classes": summary["heldout_classes"]}
+    log.info("OE run: %s", json.dumps(run))  # each run as it ends: a slow comparison still shows its first arm
+    return run
+
+
+def compare_oe(settings: Settings, profile: str, overrides: dict, weights: list[float], per_class: int) -> dict:
+    """The same model trained once per outlier-exposure weight (same seed, data and outliers): accuracy vs OOD."""
+    from ml.hparams import get_profile
+    from ml.ood.outlier_data import load_sources
+
+    hp = get_profile(profile).with_(**overrides)
+    splits = shared_splits(settings, per_class)
+    sources, digits = load_sources(settings), digits_images()
+    runs = [oe_run(settings, hp.with_(outlier_exposure_weight=w), splits, sources, digits) for w in weights]
+    for run in runs[1:]:
+        run["minus_first"] = {k: round(run[k] - runs[0][k], 4) for k in ("val_accuracy",)}
+        run["minus_first"].update({k: round(run["default"][k] - runs[0]["default"][k], 4)
+                                   for k in ("heldout_auroc", "heldout_catch_at_5pct", "digits_auroc", "id_reject")
+                                   if run["default"][k] is not None and runs[0]["default"][k] is not None})
+    n = {split: len(xy[1]) for split, xy in splits.items()}
+    return {"bench": "ood", "mode": "compare_oe",
+            "model": (f"{profile} profile with overrides {overrides}, trained here by ml.train.fit (the train stage's "
+                      f"fit, not the full pipeline) on {per_class} shared images per class: {n}"),
+            "profile": profile, "overrides": overrides, "outlier_batch_ratio": hp.outlier_batch_ratio,
+            "n_images": n, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-id", default="")
     parser.add_argument("--train-profile", choices=("smoke", "standard"), default="",
                         help="no trained model: train one of this profile's size here (CPU)")
     parser.add_argument("--per-class", type=int, default=400, help="training images per class with --train-profile")
+    parser.add_argument("--compare-oe", default="", metavar="W1,W2",
+                        help="train the --train-profile model once per outlier-exposure weight (e.g. 0,0.5) and compare")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="HParams override for --compare-oe (e.g. max_minutes=4), repeatable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(outlier_sources=tuple(f"folder:{DATASETS / n}" for n in OUTLIERS), ood_eval_archive="")
     start = time.perf_counter()
+    if args.compare_oe:
+        from ml.hparams import parse_overrides
+
+        result = compare_oe(settings, args.train_profile or "smoke", parse_overrides(args.set),
+                            [float(w) for w in args.compare_oe.split(",")], args.per_class)
+        print(json.dumps({**result, "seconds": round(time.perf_counter() - start, 1)}))
+        return
     run_id = args.run_id or (None if args.train_profile else champion_run(settings))
     if run_id:
         data, predictor, model = data_from_run(settings, run_id)

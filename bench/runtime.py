@@ -78,16 +78,11 @@ def read_images(path: Path, limit: int | None = None) -> np.ndarray:
 
 def run_data(settings: Settings, run_id: str):
     """The run's Keras model and its snapshot's val split."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    from ml.stages import snapshots, tracking
 
-    from ml.model import load_run_model
-    from ml.train import read_split
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    version = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.params["dataset_version"]
-    x_val, y_val = read_split(settings, version, "val")
-    return load_run_model(run_id), x_val, y_val, f"run {run_id} (dataset {version})"
+    version = tracking.dataset_version_of_run(settings, run_id)
+    x_val, y_val = snapshots.split(settings, version, "val")
+    return tracking.load_run_model(settings, run_id), x_val, y_val, f"run {run_id} (dataset {version})"
 
 
 def smoke_data(settings: Settings, per_class: int):

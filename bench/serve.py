@@ -1,15 +1,26 @@
-"""Serving benchmark: `bentoml serve` on 127.0.0.1 with request logging on, load from a second process.
+"""Serving benchmark: today's serving path vs the new default, and the two batching paths, in one run.
 
 Run from the repo root: `.venv/bin/python bench/serve.py`. Serves the registry
-champion when MLflow answers, else a freshly built untrained bundle (default
-arch, random weights, a synthetic similarity index of realistic size); the JSON
-says which. Rows: /classify with 32x32 PNGs and 500x500 JPEGs at concurrency 1,
-8 and 32, each with the server's CPU time per request (all its processes) and
-the mean images per model call; `http_floor` is BentoML's own /livez at
-concurrency 32, what the HTTP stack costs with no work behind it. The load
-generator is a small asyncio HTTP/1.1 keep-alive client (one process, loopback
-only, bounded count and time) so that it costs the shared CPUs as little as
-possible. The last stdout line is the JSON result.
+champion when MLflow answers (it must have an OpenVINO export), else a freshly
+built untrained bundle (default arch, random weights, its OpenVINO export, a
+synthetic similarity index of realistic size); the JSON says which. Three
+`bentoml serve` processes with request logging on, one bundle: `baseline` is
+today's serving path (TensorFlow forward pass, the worker's own batching
+in one thread, one worker), `candidate` the defaults (OpenVINO export), `adaptive`
+the candidate with /classify through BentoML's adaptive batching instead of
+the worker's thread. Rows: /classify with 32x32 PNGs at concurrency 1, 8 and
+32, servers alternating within each level (so load on the shared machine hits
+all alike), each with the server's CPU time per request (all its processes)
+and the mean images per model call; 500x500 JPEGs on the candidate;
+`http_floor` is BentoML's own /livez at concurrency 32. The load generator is
+a small asyncio HTTP/1.1 keep-alive client in a second process. The last
+stdout line is the JSON result, with `speedup_vs_baseline_c32`, `p99_ms_c32`,
+`p50_ms_c1` and `batching_worker_vs_bentoml`.
+
+Design experiments: `--rounds N` repeats the interleaved rows (the summary takes the
+upper-median round), `--experiment KEY=VALUE[,KEY=VALUE]` adds a server (the candidate
+with that environment, e.g. VISIONLOOP_SERVE_THREADS=2), `--quick` keeps baseline,
+candidate and experiments at concurrency 1 and 32 only, `--bundle-dir` reuses a built bundle.
 """
 
 from __future__ import annotations
@@ -131,13 +142,21 @@ def batch_totals(url: str) -> tuple[float, float]:
     return found.get("count", 0.0), found.get("sum", 0.0)
 
 
-def predict_on_batch_rate(bundle_dir: Path | None, settings, batch: int = 256, seconds: float = 3.0) -> float:
-    """In-process forward passes of the served model: images per second at batch 256."""
+def predict_on_batch_rate(bundle_dir: Path | None, settings, runtime: str, batch: int = 256,
+                          seconds: float = 3.0) -> float:
+    """In-process forward passes of the served model on one runtime: images per second at batch 256."""
     from ml.bundle import ServingBundle
 
-    bundle = ServingBundle.from_dir(bundle_dir) if bundle_dir else ServingBundle.from_registry(settings)
+    if bundle_dir:
+        bundle = ServingBundle.from_dir(bundle_dir, imagenet=False, runtime=runtime)
+    else:
+        from dataclasses import replace
+
+        from ml.stages import serving_bundle
+
+        bundle = serving_bundle.load(replace(settings, inference_runtime=runtime))
     images = np.random.default_rng(0).integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
-    bundle.predictor.predict(images)  # trace once
+    bundle.predictor.predict(images)  # trace / compile once
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         bundle.predictor.predict(images)
@@ -146,7 +165,7 @@ def predict_on_batch_rate(bundle_dir: Path | None, settings, batch: int = 256, s
 
 
 def untrained_bundle(settings, root: Path, arch: str | None = None, width: int | None = None) -> Path:
-    """A model with random weights; a 13 x 5000 synthetic similarity index like a full snapshot's."""
+    """A model with random weights, its OpenVINO export, a 13 x 5000 synthetic similarity index like a full snapshot's."""
     from ml import layout
     from ml.hparams import get_profile
     from ml.similarity import SimilarityIndex
@@ -163,50 +182,142 @@ def untrained_bundle(settings, root: Path, arch: str | None = None, width: int |
     ids = np.array([layout.image_id(snapshot.version, "train", i % 312) for i in range(n)])
     index = SimilarityIndex().fit(rng.normal(size=(n, dim)).astype(np.float32), labels, ids)
     index.save(directory / "bundle" / "similarity" / "index.npz")
+    export_bundle_openvino(directory, snapshot.arrays["val"])
     return directory
 
 
-def main(arch: str | None = None, width: int | None = None) -> None:
-    """Untrained bundle of `arch`/`width` (default: the standard profile's) when there is no champion."""
+def export_bundle_openvino(directory: Path, val: tuple[np.ndarray, np.ndarray]) -> dict:
+    """`<dir>/bundle/openvino/` from `<dir>/model.keras`, precision chosen on `val` as training does."""
+    import keras
+
+    from ml.inference import Predictor
+    from ml.runtime import export_openvino
+
+    model = keras.models.load_model(directory / "model.keras", compile=False)
+    return export_openvino(Predictor(model), directory / "bundle" / "openvino", check=val)
+
+
+def served_model(settings, root: Path, arch: str | None, width: int | None,
+                 reuse: Path | None = None) -> tuple[str, Path | None]:
+    """(description, bundle dir or None for the registry champion); the served bundle must have an OpenVINO export."""
+    from ml.stages import serving_bundle
+
+    if reuse is not None:
+        if not (reuse / "bundle" / "openvino" / "model.xml").is_file():
+            raise SystemExit(f"{reuse} has no bundle/openvino/ export")
+        return f"bundle dir {reuse} (--bundle-dir)", reuse
+    version = None if arch else serving_bundle.champion_version(settings)
+    if version is None:
+        bundle_dir = untrained_bundle(settings, root, arch, width)
+        info = json.loads((bundle_dir / "bundle" / "bundle.json").read_text())
+        return (f"untrained {info['arch']} bundle (random weights, width {width or 'default'}, synthetic 65k-entry "
+                "similarity index, OpenVINO export built here); "
+                + ("--arch given" if arch else "MLflow not reachable or no champion")), bundle_dir
+    if serving_bundle.load(settings).predictor.__class__.__name__ != "OpenVINOPredictor":
+        raise SystemExit(f"champion v{version} has no loadable OpenVINO export; run with --arch airnet "
+                         "to bench an untrained bundle that has one")
+    return f"registry champion {settings.model_name} v{version}", None
+
+
+# name -> environment of one server. baseline: today's serving path (TensorFlow forward pass, the worker's
+# own batching with one thread, one worker); candidate: the defaults; adaptive: the candidate through BentoML's
+# adaptive batching (CorkDispatcher) instead of the worker's own thread.
+SERVERS = {"baseline": {"VISIONLOOP_INFERENCE_RUNTIME": "tensorflow", "VISIONLOOP_SERVE_BATCHING": "worker",
+                        "VISIONLOOP_SERVE_WORKERS": "1", "VISIONLOOP_SERVE_THREADS": "1"},
+           "candidate": {},
+           "adaptive": {"VISIONLOOP_SERVE_BATCHING": "bentoml"}}
+
+
+def start_servers(base_env: dict, candidate_env: dict, root: Path, names: tuple[str, ...]) -> dict:
+    """One `bentoml serve` per named entry of SERVERS (started one after another), each with its own home."""
+    from tests.fixtures.serving import start_service
+
+    servers = {}
+    try:
+        for name in names:
+            extra = SERVERS[name] if name in SERVERS else dict(kv.split("=", 1) for kv in name.split(","))
+            # own BentoML home too: a server starting wipes the Prometheus files of the one before it
+            env = base_env | {"VISIONLOOP_HOME": str(root / f"home-{name}"), "BENTOML_HOME": str(root / f"bentoml-{name}")}
+            env |= candidate_env if name != "baseline" else {}
+            servers[name] = start_service(env | extra, root / f"serve-{name}.log")
+    except BaseException:
+        stop_servers(servers)
+        raise
+    return servers
+
+
+def stop_servers(servers: dict) -> None:
+    for server, _ in servers.values():
+        server.stop()
+
+
+def interleaved_rows(servers: dict, rounds: int, levels: tuple = LEVELS) -> dict[str, list[dict]]:
+    """png32 rows per server and concurrency, alternating servers within each level so load noise hits all alike."""
+    rows: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(rounds):
+        for concurrency, count, seconds in levels:
+            for name, (server, url) in servers.items():
+                row = run_load(url, "png32", concurrency, count, seconds, server.proc.pid) | {"server": name}
+                rows[name].append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def best_of(rows: list[dict], concurrency: int) -> dict:
+    """The row with the (upper) median req/s among the rounds at one concurrency."""
+    found = sorted((r for r in rows if r["concurrency"] == concurrency), key=lambda r: r["rps"])
+    return found[len(found) // 2]
+
+
+def summary(rows: dict[str, list[dict]]) -> dict:
+    """The #15 target numbers and the batching comparison (median round per level)."""
+    cand, base = best_of(rows["candidate"], 32), best_of(rows["baseline"], 32)
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request", "images_per_model_call")
+    compare = {f"c{c}": {name: {k: best_of(rows[name], c).get(k) for k in keys} | {
+        "p50_ms_every_round": [r["p50_ms"] for r in rows[name] if r["concurrency"] == c]}
+        for name in ("candidate", "adaptive")} for c, _, _ in LEVELS} if "adaptive" in rows else None
+    return {"speedup_vs_baseline_c32": round(cand["rps"] / base["rps"], 2), "rps_c32": cand["rps"],
+            "baseline_rps_c32": base["rps"], "p99_ms_c32": cand["p99_ms"],
+            "p50_ms_c1": best_of(rows["candidate"], 1)["p50_ms"],
+            "targets_met": {"speedup_ge_2": cand["rps"] >= 2 * base["rps"], "p99_c32_le_150": cand["p99_ms"] <= 150,
+                            "p50_c1_le_8": best_of(rows["candidate"], 1)["p50_ms"] <= 8},
+            "batching_worker_vs_bentoml": compare}
+
+
+def main(arch: str | None = None, width: int | None = None, rounds: int = 1,
+         candidate_env: dict | None = None, quick: bool = False, reuse: Path | None = None,
+         experiments: tuple[str, ...] = ()) -> None:
+    """Baseline, candidate and BentoML-batching servers on one bundle, measured interleaved in one run."""
     root = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=REPO / ".visionloop" if (REPO / ".visionloop").is_dir() else None))
     for name, sub in (("BENTOML_HOME", "bentoml"), ("KERAS_HOME", "keras"), ("MPLCONFIGDIR", "mpl")):
         os.environ.setdefault(name, str(root / sub))
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
                        "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"})
-    from ml.bundle import current_champion_version
     from ml.config import Settings
-    from tests.fixtures.serving import start_service
 
     settings = Settings.from_env(home=root / "home")
-    version = current_champion_version(settings)
-    env = {"VISIONLOOP_HOME": str(settings.home)}
-    bundle_dir = None
-    if version is None or arch:
-        bundle_dir = untrained_bundle(settings, root, arch, width)
-        env["VISIONLOOP_BUNDLE_DIR"] = str(bundle_dir)
-        info = json.loads((bundle_dir / "bundle" / "bundle.json").read_text())
-        model = (f"untrained {info['arch']} bundle (random weights, width {width or 'default'}, synthetic "
-                 "65k-entry similarity index); " + ("--arch given" if arch else "MLflow not reachable or no champion"))
-    else:
-        model = f"registry champion {settings.model_name} v{version}"
-    rate = predict_on_batch_rate(bundle_dir, settings)
-    server, url = start_service(env, root / "serve.log")
-    rows = []
+    model, bundle_dir = served_model(settings, root, arch, width, reuse)
+    base_env = {"VISIONLOOP_BUNDLE_DIR": str(bundle_dir)} if bundle_dir else {}
+    rates = {rt: predict_on_batch_rate(bundle_dir, settings, rt) for rt in ("tensorflow", "auto")}
+    load_before = os.getloadavg()
+    names = ("baseline", "candidate") + (() if quick else ("adaptive",)) + tuple(experiments)
+    servers = start_servers(base_env, candidate_env or {}, root, names)
     try:
-        floor = run_load(url, "livez", 32, 40000, 10.0, server.proc.pid)
+        server, url = servers["candidate"]
+        floor = None if quick else run_load(url, "livez", 32, 40000, 10.0, server.proc.pid)
         print(json.dumps(floor), flush=True)
-        for kind in ("png32", "jpeg500"):
-            for concurrency, count, seconds in LEVELS:
-                rows.append(run_load(url, kind, concurrency, count, seconds, server.proc.pid))
-                print(json.dumps(rows[-1]), flush=True)
+        rows = interleaved_rows(servers, rounds, (LEVELS[0], LEVELS[2]) if quick else LEVELS)
+        jpeg = [] if quick else [run_load(url, "jpeg500", c, n, s, server.proc.pid) for c, n, s in LEVELS]
         import httpx
 
         backlog = httpx.get(f"{url}/model_info", timeout=10).json()["spool_backlog"]
     finally:
-        server.stop()
+        stop_servers(servers)
     print(json.dumps({"model": model, "request_logging": True, "cpus": os.cpu_count(),
-                      "spool_backlog_at_end": backlog, "predict_on_batch_images_per_s": rate, "http_floor": floor,
-                      "rows": rows}))
+                      "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                      "candidate_env": candidate_env or {}, "spool_backlog_at_end": backlog,
+                      "predict_on_batch_images_per_s": rates, "http_floor": floor, **summary(rows),
+                      "rows": rows, "jpeg500_candidate": jpeg}))
 
 
 if __name__ == "__main__":
@@ -229,5 +340,14 @@ if __name__ == "__main__":
         parser = argparse.ArgumentParser(description="Serving benchmark; the JSON result is the last stdout line.")
         parser.add_argument("--arch", help="serve an untrained bundle of this arch even when a champion exists")
         parser.add_argument("--width", type=int, help="airnet width for the untrained bundle")
+        parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the median round is reported")
+        parser.add_argument("--candidate-env", action="append", default=[], metavar="KEY=VALUE",
+                            help="extra environment of the candidate and adaptive servers (design experiments)")
+        parser.add_argument("--quick", action="store_true",
+                            help="design experiments: baseline and candidate only, concurrency 1 and 32, no JPEG rows")
+        parser.add_argument("--experiment", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                            help="one more server: the candidate with this environment, measured interleaved")
+        parser.add_argument("--bundle-dir", type=Path, help="serve this bundle dir (with bundle/openvino/) instead")
         a = parser.parse_args()
-        main(a.arch, a.width)
+        main(a.arch, a.width, a.rounds, dict(kv.split("=", 1) for kv in a.candidate_env), a.quick, a.bundle_dir,
+             tuple(a.experiment))

@@ -3,6 +3,11 @@
 Run from the repo root on a quiet machine (never in `make test`):
 
     .venv/bin/python bench/train.py [--profile standard] [--minutes 20] [--archs seed_cnn,airnet]
+    .venv/bin/python bench/train.py --in-platform [--rounds 2] [--per-class 300]
+
+`--in-platform` trains the profile on a `--per-class` snapshot alone and through the
+platform's `training_pipeline` (bench/train_platform.py) and prints
+{"standalone_images_per_s", "in_platform_images_per_s", "ratio", ...} last.
 
 Builds (or reuses) the snapshot from ../shared/datasets with `ml.data.build`
 in a bench home (.visionloop/bench), trains each arch through
@@ -37,6 +42,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a training hyperparameter (ml.hparams.HParams field), repeatable")
     parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench"))
+    parser.add_argument("--in-platform", action="store_true",
+                        help="train alone and through the platform's Airflow task, side by side (bench/train_platform.py)")
+    parser.add_argument("--rounds", type=int, default=2, help="--in-platform: rounds of (alone, platform), order alternating")
+    parser.add_argument("--per-class", type=int, default=300, help="--in-platform: snapshot images per class")
+    parser.add_argument("--modes", default="alone,platform", help="--in-platform: which sides to run (debugging)")
+    parser.add_argument("--no-serving", action="store_true", help="--in-platform: do not start `bentoml serve`")
     return parser.parse_args()
 
 
@@ -63,7 +74,7 @@ def snapshot_version(settings) -> str:
 
 def bench_arch(settings, version: str, arch: str, args: argparse.Namespace) -> dict:
     from ml.hparams import get_profile, parse_overrides
-    from ml.train import train_model
+    from ml.stages.train import train
 
     try:
         overrides = {"max_minutes": args.minutes, "max_train_images": args.limit, **parse_overrides(args.set)}
@@ -71,7 +82,7 @@ def bench_arch(settings, version: str, arch: str, args: argparse.Namespace) -> d
         sys.exit(str(exc))
     if args.epochs:
         overrides["epochs"] = args.epochs
-    result = train_model(settings, version, profile=args.profile, arch=arch, overrides=overrides)
+    result = train(settings, version, profile=args.profile, arch=arch, overrides=overrides)
     flops = flops_of(arch, len(settings.classes), get_profile(args.profile, arch).with_(**overrides).width)
     gflops = 3 * flops * result["images_per_s"] / 1e9
     return {"arch": arch, "profile": args.profile, "val_accuracy": round(result["val_accuracy"], 4),
@@ -96,6 +107,18 @@ def bench_experiment(settings, home: Path) -> None:
         mlflow.create_experiment(settings.experiment, artifact_location=(home / "artifacts").as_uri())
 
 
+def in_platform(args: argparse.Namespace, home: Path) -> None:
+    """Alone vs through `training_pipeline`'s train task, same snapshot and profile; ratio last."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from train_platform import compare
+
+    if args.epochs or args.limit or args.set or args.archs != "seed_cnn,airnet":
+        sys.exit("--in-platform trains what the DAG trains: the profile only (no --epochs/--limit/--set/--archs)")
+    result = compare(home / "in-platform", tuple(SHARED / a for a in ARCHIVES), args.per_class, args.profile, args.rounds,
+                     serving=not args.no_serving, modes=tuple(args.modes.split(",")))
+    print(json.dumps(result))
+
+
 def main() -> None:
     args = parse_args()
     home = Path(args.home).absolute()
@@ -103,6 +126,9 @@ def main() -> None:
     missing = [a for a in ARCHIVES if not (SHARED / a).is_file()]
     if missing:
         sys.exit(f"missing {', '.join(missing)} under {SHARED}")
+    if args.in_platform:
+        in_platform(args, home)
+        return
     from ml.config import Settings
 
     settings = Settings.from_env(

@@ -13,8 +13,9 @@ are decoded in the fetch step and stored with the snapshot under `outliers/`.
 Runs when `drift_monitoring` requests a retrain (Asset
 `visionloop_retrain_request`) or when triggered by hand. Tasks pass only the
 version, a content hash of the inputs; intermediate arrays live under
-`staging/<version>/` in the object store. When the same inputs were built
-before, every step is a no-op. The last task updates the Asset
+`staging/<version>/` in the object store. Each task calls one function of
+`ml.stages.data` (`visionloop data build` runs the same steps in one call).
+When the same inputs were built before, every step is a no-op. The last task updates the Asset
 `visionloop_dataset` with extra `{"version", "reused"}`, which schedules
 `training_pipeline`.
 """
@@ -42,29 +43,29 @@ def dataset_build():
     def fetch() -> str:
         """Download/read and decode every source; returns the dataset version."""
         from ml.config import Settings
-        from ml.data.steps import fetch as fetch_sources
+        from ml.stages.data import fetch as fetch_sources
 
         return fetch_sources(Settings.from_env())["version"]
 
     @task
     def validate(version: str) -> str:
         from ml.config import Settings
-        from ml.data.steps import validate as validate_pool
+        from ml.stages.data import validate as validate_pool
 
         return validate_pool(Settings.from_env(), version)["version"]
 
     @task
     def balance(version: str) -> str:
         from ml.config import Settings
-        from ml.data.steps import balance_step
+        from ml.stages.data import balance as balance_splits
 
-        return balance_step(Settings.from_env(), version)["version"]
+        return balance_splits(Settings.from_env(), version)["version"]
 
     @task(outlets=[DATASET])
     def snapshot(version: str, *, outlet_events=None) -> dict:
         """Write the snapshot and announce its version to training_pipeline."""
         from ml.config import Settings
-        from ml.data.steps import write
+        from ml.stages.data import write
 
         result = write(Settings.from_env(), version)
         outlet_events[DATASET].extra = {"version": result["version"], "reused": result["reused"]}

@@ -9,7 +9,7 @@ significant drift, or at least `VISIONLOOP_RETRAIN_MIN_FEEDBACK` user
 corrections since the last training, once the cooldown has passed. A retrain
 decision updates the `visionloop_retrain_request` Asset (extra: `reason`),
 which schedules `dataset_build` (feedback images included), which schedules
-`training_pipeline`.
+`training_pipeline`. Both tasks call `ml.stages.drift` (as `visionloop monitor run` does).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def drift_monitoring():
     def compute_window() -> dict:
         """Test and log the window; returns the result without the per-version detail."""
         from ml.config import Settings
-        from ml.monitoring.drift import run_window
+        from ml.stages.drift import run_window
 
         result = run_window(Settings.from_env())
         return {k: result[k] for k in ("window_id", "verdict", "n_records", "model_version", "signals",
@@ -48,7 +48,7 @@ def drift_monitoring():
     @task
     def decide(window: dict) -> dict:
         from ml.config import Settings
-        from ml.monitoring.trigger import decide_retrain
+        from ml.stages.drift import decide_retrain
 
         return decide_retrain(Settings.from_env(), window)
 

@@ -1,11 +1,15 @@
 """
 ### training_pipeline
 
-Train a classifier on a dataset snapshot, evaluate it, fit its OOD detectors
-and monitoring reference pack, then let the registry gate decide whether it
+Train a classifier on a dataset snapshot, evaluate it, fit its OOD detectors,
+build the rest of its serving bundle (similarity index, ImageNet mapping) and
+its monitoring reference pack, then let the registry gate decide whether it
 becomes `champion`:
 
-resolve_dataset -> train -> evaluate -> fit_ood -> reference -> gate -> publish_champion
+resolve_dataset -> train -> evaluate -> fit_ood -> build_bundle -> reference -> gate -> publish_champion
+
+Each task calls one function of `ml.stages` (the same ones `visionloop train run`
+chains, see `ml.stages.chain.run_training`).
 
 Runs when `dataset_build` announces a snapshot (Asset `visionloop_dataset`) or
 on `VISIONLOOP_TRAIN_SCHEDULE` (weekly by default; `none` switches the time
@@ -74,10 +78,9 @@ def training_pipeline():
             return params["dataset_version"]
         from airflow.exceptions import AirflowSkipException
 
-        from ml.data.snapshot import latest_version
-        from ml.storage import open_store
+        from ml.stages.snapshots import latest_version
 
-        version = latest_version(open_store(_settings()))
+        version = latest_version(_settings())
         if version is None:
             # A weekly tick before the first dataset_build has nothing to train on: not an error.
             raise AirflowSkipException("no dataset snapshot in the store yet; dataset_build makes one")
@@ -85,37 +88,45 @@ def training_pipeline():
 
     @task
     def train(dataset_version: str, params=None) -> str:
-        from ml.train import train_model
+        from ml.stages.train import train as train_stage
 
-        return train_model(_settings(), dataset_version, profile=(params or {}).get("profile") or None)["run_id"]
+        return train_stage(_settings(), dataset_version, profile=(params or {}).get("profile") or None)["run_id"]
 
     @task
     def evaluate(mlflow_run_id: str) -> str:
-        from ml.evaluate import evaluate_run
+        from ml.stages.evaluate import evaluate as evaluate_stage
 
-        evaluate_run(_settings(), mlflow_run_id)
+        evaluate_stage(_settings(), mlflow_run_id)
         return mlflow_run_id
 
     @task
     def fit_ood(mlflow_run_id: str) -> str:
-        from ml.ood.pipeline import fit_and_log
+        from ml.stages.fit_ood import fit_ood as fit_ood_stage
 
-        fit_and_log(_settings(), mlflow_run_id)
+        fit_ood_stage(_settings(), mlflow_run_id)
+        return mlflow_run_id
+
+    @task
+    def build_bundle(mlflow_run_id: str) -> str:
+        """The similarity index over the training images and the ImageNet mapping, into the run's bundle/."""
+        from ml.stages.build_bundle import build_bundle as build_bundle_stage
+
+        build_bundle_stage(_settings(), mlflow_run_id)
         return mlflow_run_id
 
     @task
     def reference(mlflow_run_id: str) -> str:
-        from ml.monitoring.reference import compute_and_log
+        from ml.stages.reference import reference as reference_stage
 
-        compute_and_log(_settings(), mlflow_run_id)
+        reference_stage(_settings(), mlflow_run_id)
         return mlflow_run_id
 
     @task
     def gate(mlflow_run_id: str) -> dict:
         """Register the model as `challenger`; promote it to `champion` if the gate passes."""
-        from ml.registry import register_and_gate
+        from ml.stages.gate import gate as gate_stage
 
-        decision = register_and_gate(_settings(), mlflow_run_id)
+        decision = gate_stage(_settings(), mlflow_run_id)
         keys = ("version", "promoted", "reasons", "test_accuracy", "corrections_accuracy", "excluded_n")
         return {k: decision.get(k) for k in keys}
 
@@ -131,7 +142,7 @@ def training_pipeline():
 
     # Tasks pass the MLflow run id along ("run_id" is a reserved Airflow context key).
     mlflow_run_id = train(resolve_dataset())
-    publish_champion(gate(reference(fit_ood(evaluate(mlflow_run_id)))))
+    publish_champion(gate(reference(build_bundle(fit_ood(evaluate(mlflow_run_id))))))
 
 
 training_pipeline()

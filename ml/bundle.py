@@ -3,6 +3,8 @@
 The service holds no ML logic: it decodes bytes with ml.imaging and hands the
 32x32 arrays to `ServingBundle.classify`, which runs one forward pass for the
 whole batch, the OOD detector, the similarity index and the per-image statistics.
+A bundle loads from a local directory (`from_dir`); fetching a registry version's files is
+`ml.stages.serving_bundle`'s job.
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ml import imaging, layout
-from ml.config import Settings
+from ml import imaging
 
 log = logging.getLogger(__name__)
 SMOKE_FILE = "smoke.npz"  # val images and their training-time probabilities, for the swap's smoke test
@@ -47,10 +45,12 @@ class ServingBundle:
     @classmethod
     def from_dir(cls, directory: str | Path, model: Any = None, version: str = "local",
                  run_id: str = "", predictor: Any = None, imagenet: bool = True,
-                 runtime: str = "auto") -> ServingBundle:
+                 runtime: str = "auto", runtime_threads: int | None = None,
+                 model_loader: Any = None) -> ServingBundle:
         """Load `<directory>/bundle/` (the run artifact layout) and a Keras model (object or file).
 
-        runtime: `auto` runs the forward pass on the bundle's OpenVINO export when it has one.
+        runtime: `auto` runs the forward pass on the bundle's OpenVINO export when it has one (with
+        `runtime_threads` per request); the Keras model (or `model_loader()`) is loaded only otherwise.
         """
         directory = Path(directory)
         bundle_dir = directory / "bundle" if (directory / "bundle").is_dir() else directory
@@ -58,8 +58,10 @@ class ServingBundle:
         if predictor is None:
             from ml.runtime import serving_predictor
 
-            predictor = serving_predictor(bundle_dir / "openvino", runtime)
+            predictor = serving_predictor(bundle_dir / "openvino", runtime, runtime_threads)
         if predictor is None:
+            if model is None and model_loader is not None:
+                model = model_loader()
             if model is None or isinstance(model, (str, Path)):
                 import keras
 
@@ -73,32 +75,6 @@ class ServingBundle:
                    class_histograms=_load_histograms(bundle_dir / "reference", len(classes)),
                    imagenet=_load_imagenet(bundle_dir / "imagenet") if imagenet else None,
                    dataset_version=info.get("dataset_version", ""), root=directory, info=info)
-
-    @classmethod
-    def from_registry(cls, settings: Settings, alias: str = "champion") -> ServingBundle:
-        """Resolve the alias, fetch its run's `bundle/` and `model/` (cached by run id), verify, load, smoke-test.
-
-        Raises BundleRejected when the files differ from the gate's recorded digests or the
-        loaded bundle fails its smoke test; the caller keeps serving what it has.
-        """
-        import mlflow
-        from mlflow import MlflowClient
-
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        mv = MlflowClient().get_model_version_by_alias(settings.model_name, alias)
-        target = Path(settings.home).absolute() / "serving" / "bundles" / str(mv.run_id)
-        with _cache_lock(target):  # the workers of one service share the cache and start together
-            for artifact in ("bundle", "model"):
-                if not (target / artifact).is_dir():
-                    _download_artifact(mv.run_id, artifact, target)
-            verify_digests(target, dict(mv.tags or {}), str(mv.version), settings.serve_unverified_versions)
-        import mlflow.keras
-
-        model = mlflow.keras.load_model(str(target / "model"))
-        bundle = cls.from_dir(target, model=model, version=str(mv.version), run_id=mv.run_id,
-                              imagenet=settings.imagenet_enabled, runtime=settings.inference_runtime)
-        bundle.smoke_test()
-        return bundle
 
     def smoke_test(self, n: int = 4) -> None:
         """Fail (BundleRejected) unless a few fixed images give finite probabilities over exactly our classes."""
@@ -203,59 +179,6 @@ class ServingBundle:
             return None
 
 
-def current_champion_version(settings: Settings, alias: str = "champion") -> str | None:
-    """The registry version the alias points at now, or None if there is none (or MLflow is down)."""
-    try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-        return str(client.get_model_version_by_alias(settings.model_name, alias).version)
-    except Exception as exc:  # unreachable server, no such model or alias
-        log.debug("no %s version: %s", alias, exc)
-        return None
-
-
-class TrainingImages:
-    """Reads single training images by dataset id, from a local memory-mapped copy of x.npy."""
-
-    def __init__(self, store: Any, cache_dir: Path):
-        import threading
-
-        self.store, self.cache_dir = store, Path(cache_dir)
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
-        self._lock = threading.Lock()  # the page asks for 4 images at once: download x.npy once
-
-    def get(self, image_id: str) -> np.ndarray:
-        """(32, 32, 3) uint8 for '<version>:<split>:<index>'; KeyError if unknown."""
-        try:
-            version, split, index = layout.parse_image_id(image_id)
-        except ValueError as exc:
-            raise KeyError(str(exc)) from None
-        if split not in layout.SPLITS:  # held-out corrections are users' uploads, never shown to others
-            raise KeyError(f"{image_id}: not a training image")
-        array = self._array(version, split)
-        if index >= len(array):
-            raise KeyError(f"{image_id}: index out of range")
-        return np.asarray(array[index])
-
-    def _array(self, version: str, split: str) -> np.ndarray:
-        with self._lock:
-            return self._load(version, split)
-
-    def _load(self, version: str, split: str) -> np.ndarray:
-        if (version, split) not in self._arrays:
-            path = self.cache_dir / version / f"{split}_x.npy"
-            if not path.is_file():
-                from ml.storage import ObjectNotFound
-
-                try:
-                    self.store.get_file(layout.dataset_array(version, split, "x"), path)
-                except ObjectNotFound:
-                    raise KeyError(f"no dataset {version!r}") from None
-            self._arrays[(version, split)] = np.load(path, mmap_mode="r")
-        return self._arrays[(version, split)]
-
-
 class BundleRejected(RuntimeError):
     """A champion's files or behaviour failed a check before the swap; `reason` is "digest" or "smoke"."""
 
@@ -285,34 +208,6 @@ def verify_digests(target: Path, tags: dict[str, str], version: str, allow_untag
             shutil.rmtree(target / artifact, ignore_errors=True)  # the next attempt downloads it again
             raise BundleRejected("digest", f"version {version}: {artifact}/ digest {actual[:12]} differs "
                                  f"from the registered {expected[:12]}")
-
-
-@contextmanager
-def _cache_lock(target: Path) -> Iterator[None]:
-    """An exclusive lock on one cached run (download, verify) across the processes that share it."""
-    import fcntl
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _download_artifact(run_id: str, artifact: str, target: Path) -> None:
-    """Download `runs:/<run_id>/<artifact>` to `target/<artifact>`: it appears whole or not at all."""
-    import mlflow
-
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target, prefix=".download-"))
-    try:
-        mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{artifact}", dst_path=str(staging))
-        shutil.rmtree(target / artifact, ignore_errors=True)
-        (staging / artifact).rename(target / artifact)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _load_detector(directory: Path) -> Any:

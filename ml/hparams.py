@@ -51,6 +51,10 @@ class HParams:
     # Scratch is the default: in the same --quick bench fine-tuning recovered less (0.027 vs 0.167
     # shifted, clean 0.355 -> 0.300) though it served the new model sooner (0.9 vs 2.0 min).
     init: str = "scratch"
+    # Outlier exposure (Hendrycks et al. 2019): outlier images of the snapshot's OOD fit group join
+    # each batch with a uniform target, adding weight * CE(uniform, softmax) to the loss (0 = off).
+    outlier_exposure_weight: float = 0.0
+    outlier_batch_ratio: float = 0.25  # outlier images per in-distribution image in a batch
     seed: int = 1337
 
     def to_params(self) -> dict[str, object]:

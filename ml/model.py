@@ -1,4 +1,4 @@
-"""Keras architectures by name (`seed_cnn`, `airnet`) and loaders for logged models.
+"""Keras architectures by name (`seed_cnn`, `airnet`) and their initialisers (whitening, dirac).
 
 Every model takes raw 0..255 images (N, 32, 32, 3), rescales inside, exposes a
 layer named "embedding" (penultimate features) and a Dense layer named "logits",
@@ -128,22 +128,3 @@ def flops_per_image(model: keras.Model) -> int:
             cin, cout = layer.kernel.shape
             total += 2 * cin * cout
     return int(total)
-
-
-def load_keras_model(uri: str) -> keras.Model:
-    """Any MLflow Keras model URI (runs:/..., models:/name/version, models:/name@alias)."""
-    import mlflow.keras
-
-    return mlflow.keras.load_model(uri)
-
-
-def load_run_model(run_id: str) -> keras.Model:
-    """The Keras model logged by a training run (`runs:/<run_id>/model`)."""
-    return load_keras_model(f"runs:/{run_id}/model")
-
-
-def load_model_version(name: str, version: str | int) -> keras.Model:
-    """The Keras model behind a registered version (registered as a pyfunc: read its run's `model`)."""
-    from mlflow import MlflowClient
-
-    return load_run_model(MlflowClient().get_model_version(name, str(version)).run_id)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import secrets
+import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
@@ -12,6 +15,32 @@ import numpy as np
 # The reserved feedback label "this image shows none of the classes": never a class name. Such
 # corrections become outlier images of the next snapshot (ml.data.outliers), not class images.
 NONE_OF_THESE = "none_of_these"
+
+
+# A request id: 32 lowercase hex digits. Ids made by new_request_id() start with their creation time.
+REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_RANDOM_BITS = 80
+# Ids whose time field falls outside [this, now + a day] carry no time (e.g. legacy uuid4 hex ids, whose
+# first 48 bits are random: spread over ~8,900 years, they land in the plausible range ~0.03% of the time).
+_EARLIEST_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+_MAX_FUTURE_MS = 86_400_000
+
+
+def new_request_id(now: float | None = None) -> str:
+    """A time-ordered request id: 48-bit Unix ms then 80 random bits, as 32 hex digits (UUIDv7-like)."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    return f"{(ms << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS):032x}"
+
+
+def request_id_age_s(request_id: str, now: float | None = None) -> float | None:
+    """Seconds since new_request_id() made this id (negative if made ahead of this clock); None if it carries no time."""
+    if not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id):
+        return None
+    ms = int(request_id[:12], 16)
+    now_ms = (time.time() if now is None else now) * 1000
+    if ms < _EARLIEST_MS or ms > now_ms + _MAX_FUTURE_MS:
+        return None
+    return (now_ms - ms) / 1000
 
 
 def feedback_labels(classes) -> list[str]:

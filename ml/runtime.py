@@ -142,7 +142,7 @@ def compile_config(precision: str, threads: int | None = None, hint: str = PERFO
 
 
 class OpenVINOPredictor:
-    """A compiled OpenVINO export with `ml.inference.Predictor`'s interface; one request behind a lock."""
+    """A compiled OpenVINO export with `ml.inference.Predictor`'s interface; one infer request per thread."""
 
     def __init__(self, compiled: Any, meta: dict, precision: str):
         self.compiled = compiled
@@ -151,8 +151,9 @@ class OpenVINOPredictor:
         self.n_classes = int(meta["n_classes"])
         self.embedding_dim = int(meta["embedding_dim"])
         self.tta = bool(meta["tta"])
-        self._request = compiled.create_infer_request()
-        self._lock = threading.Lock()  # one InferRequest is not re-entrant
+        # An InferRequest is not re-entrant, but a compiled model serves many: a request per calling
+        # thread lets the service's classify threads run forward passes at the same time.
+        self._local = threading.local()
 
     @classmethod
     def load(cls, directory: str | Path, precision: str | None = None, threads: int | None = None,
@@ -188,9 +189,11 @@ class OpenVINOPredictor:
             images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
         if len(images) == 0:
             return empty_prediction(self.n_classes, self.embedding_dim)
-        with self._lock:
-            results = self._request.infer([np.ascontiguousarray(images)], share_inputs=False)
-            outs = [np.array(results[port], dtype=np.float32, copy=True) for port in self.compiled.outputs]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        results = request.infer([np.ascontiguousarray(images)], share_inputs=False)
+        outs = [np.array(results[port], dtype=np.float32, copy=True) for port in self.compiled.outputs]
         return Prediction(*outs)
 
     def predict_batched(self, images: np.ndarray, batch_size: int = 512, progress: bool = False) -> Prediction:
@@ -216,7 +219,8 @@ def meets_parity(result: dict, min_agreement: float = 0.999, max_prob_diff: floa
     return result["label_agreement"] >= min_agreement and result["max_prob_diff"] <= max_prob_diff
 
 
-def serving_predictor(directory: str | Path, runtime: str = "auto") -> OpenVINOPredictor | None:
+def serving_predictor(directory: str | Path, runtime: str = "auto",
+                      threads: int | None = None) -> OpenVINOPredictor | None:
     """The OpenVINO predictor serving should use, or None for TensorFlow (logged when it is a fallback).
 
     auto: the export when the run has one; openvino: the export, warning when it is absent; tensorflow: never.
@@ -225,7 +229,7 @@ def serving_predictor(directory: str | Path, runtime: str = "auto") -> OpenVINOP
     if runtime == "tensorflow" or (runtime == "auto" and not directory.is_dir()):
         return None
     try:
-        predictor = OpenVINOPredictor.load(directory)
+        predictor = OpenVINOPredictor.load(directory, threads=threads or None)
     except (RuntimeLoadError, ImportError, ValueError) as exc:
         log.warning("OpenVINO runtime unavailable, falling back to TensorFlow: %s", exc)
         return None

@@ -65,16 +65,10 @@ def stage_context(target: Path, bundle_dir: Path | None = None, version: str = "
 
 def fetch_champion(target: Path) -> tuple[Path, str]:
     """The registry champion as a bundle dir (verified and smoke-tested like serving does) and its version."""
-    import mlflow.keras
-
-    from ml.bundle import ServingBundle
     from ml.config import Settings
+    from ml.stages import serving_bundle
 
-    bundle = ServingBundle.from_registry(Settings.from_env(), alias="champion")  # its verified files stay in root
-    target.mkdir(parents=True, exist_ok=True)
-    mlflow.keras.load_model(str(Path(bundle.root) / "model")).save(target / "model.keras")
-    shutil.copytree(Path(bundle.root) / "bundle", target / "bundle")
-    return target, bundle.version
+    return serving_bundle.export(Settings.from_env(), target)
 
 
 def _uv_on_path() -> None:

@@ -1,7 +1,7 @@
 """Following the registry champion: load a moved alias, fail closed, back off from a broken version.
 
 A new version replaces the served bundle only once it is fully loaded, its files match the
-gate's digests and it passed its smoke test (`ServingBundle.from_registry`). A version that
+gate's digests and it passed its smoke test (`ml.stages.serving_bundle.load`). A version that
 failed is retried with exponential backoff (poll interval x 2^n, capped), not on every poll.
 """
 
@@ -23,10 +23,10 @@ class ChampionFollower:
 
     def refresh(self, now: float | None = None) -> bool:
         """Load the champion if the alias moved and its backoff allows; True when a swap happened."""
-        from ml.bundle import current_champion_version
+        from ml.stages import serving_bundle
 
         now = time.monotonic() if now is None else now
-        version = current_champion_version(self.settings)
+        version = serving_bundle.champion_version(self.settings)
         current = self.worker.bundle
         if version is None or (current is not None and current.version == version):
             return False
@@ -47,9 +47,9 @@ class ChampionFollower:
         return True
 
     def _load(self) -> Any:
-        from ml.bundle import ServingBundle
+        from ml.stages import serving_bundle
 
-        return ServingBundle.from_registry(self.settings)
+        return serving_bundle.load(self.settings)
 
     def _failed(self, version: str, attempts: int, now: float, exc: Exception, current: Any) -> None:
         """Log, count and schedule the next try of a version that could not be served."""

@@ -2,8 +2,11 @@
 
 One `@bentoml.service` class. The FastAPI routes (mounted with `@bentoml.asgi_app`)
 give precise status codes and JSON reasons for bad input; `/classify_batch` is a
-BentoML batchable API (adaptive batching). All ML work is `ServingBundle.classify`;
-preprocessing is `ml.imaging`. Run: `bentoml serve serving.service:VisionLoop`.
+BentoML batchable API (adaptive batching). Concurrent `/classify` requests are batched
+by `serving.worker.ClassifyWorker`'s thread, which kept lone requests fast where BentoML's
+adaptive batching (VISIONLOOP_SERVE_BATCHING=bentoml, kept for bench/serve.py's comparison)
+made them wait after a burst. All ML work is `ServingBundle.classify`; preprocessing is
+`ml.imaging`. Run: `bentoml serve serving.service:VisionLoop`.
 
 Fail closed: `serving.guards.BodyLimit` bounds every body while it streams (413), uploads
 are decoded only in the allowed formats and under the pixel limit, /feedback is rate-limited
@@ -29,10 +32,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.staticfiles import StaticFiles
 
-from ml.classify_worker import ClassifyWorker, Outcome, error_body
+from ml.answers import error_body
 from ml.records import feedback_labels
 from serving.guards import FEEDBACK_MAX_BYTES, MULTIPART_SLACK, BodyLimit, RateLimiter
 from serving.schemas import ERRORS, BatchItemOut, ClassifyOut, FeedbackIn, FeedbackOut, ModelInfoOut
+from serving.worker import ClassifyWorker, Outcome
 
 log = logging.getLogger("visionloop.serving")
 STATIC = Path(__file__).parent / "static"
@@ -92,9 +96,10 @@ class VisionLoop:
     """Serves the registry champion (hot-swapped when the alias moves) and logs every request."""
 
     def __init__(self) -> None:
-        from ml.bundle import ServingBundle, TrainingImages
+        from ml.bundle import ServingBundle
         from ml.config import Settings
         from ml.requestlog import RequestLog
+        from ml.stages.snapshots import TrainingImages
         from ml.storage import open_store
         from serving.champion import ChampionFollower
 
@@ -106,22 +111,25 @@ class VisionLoop:
         self.requestlog = RequestLog(self.settings, self.store, spool_dir=self._spool_dir()).start()
         self.images = TrainingImages(self.store, Path(self.settings.home) / "serving" / "datasets")
         self.worker = ClassifyWorker(self.requestlog, self.settings.max_upload_bytes,
-                                     max_pixels=self.settings.max_image_pixels)
+                                     max_pixels=self.settings.max_image_pixels, threads=self.settings.serve_threads)
         self.feedback_limit = RateLimiter(self.settings.feedback_rate_per_s, self.settings.feedback_burst)
         self.follower = ChampionFollower(self.settings, self.worker, on_swap=_freeze_heap)
+        self._adaptive = _adaptive_batcher(self.worker) if self.settings.serve_batching == "bentoml" else None
         self._stop = threading.Event()
         bundle_dir = os.environ.get(BUNDLE_DIR_ENV)
         if bundle_dir:
             self.worker.bundle = ServingBundle.from_dir(
                 bundle_dir, version=os.environ.get("VISIONLOOP_BUNDLE_VERSION", "local"),
-                imagenet=self.settings.imagenet_enabled, runtime=self.settings.inference_runtime)
+                imagenet=self.settings.imagenet_enabled, runtime=self.settings.inference_runtime,
+                runtime_threads=self.settings.openvino_threads)
             self.worker.bundle.smoke_test()  # a bundle whose classes and outputs disagree never serves
             _freeze_heap()
         else:
             self.follower.refresh()  # freezes the heap once a champion is loaded
         threading.Thread(target=self._housekeeping, args=(not bundle_dir,), name="housekeeping",
                          daemon=True).start()
-        self.worker.start()
+        if self._adaptive is None:  # the adaptive path batches in BentoML's dispatcher instead
+            self.worker.start()
 
     def _spool_dir(self) -> Path | None:
         """None (VISIONLOOP_SPOOL_DIR, default <home>/spool) for one worker; `worker-<i>` inside it for several."""
@@ -170,7 +178,10 @@ class VisionLoop:
         data = await self._upload(request)
         if isinstance(data, Outcome):
             return _json(data.status, data.body, data.headers)
-        outcome = await self.worker.submit(data, asyncio.get_running_loop())
+        if self._adaptive is not None:
+            outcome = await self._adaptive(data)
+        else:
+            outcome = await self.worker.submit(data, asyncio.get_running_loop())
         return _json(outcome.status, outcome.body, outcome.headers)
 
     async def _upload(self, request: Request) -> bytes | Outcome:
@@ -247,6 +258,16 @@ class VisionLoop:
             raise bentoml.exceptions.ServiceUnavailable("no champion model loaded yet")
         return [BatchItemOut.model_validate(json.loads(o.body) | ({} if o.status == 200 else {"status": o.status}))
                 for o in self.worker.process([_read_upload(p, self.settings.max_upload_bytes) for p in images])]
+
+
+def _adaptive_batcher(worker: ClassifyWorker) -> Any:
+    """/classify through BentoML's adaptive batching (the CorkDispatcher behind `batchable=True`), same limits."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    dispatcher = CorkDispatcher(max_latency_in_ms=1000, max_batch_size=64, get_batch_size=lambda _: 1,
+                                fallback=lambda: Outcome(503, error_body("server overloaded; try again"),
+                                                         {"Retry-After": "1"}))
+    return dispatcher(worker.process_safely)  # sync: BentoML runs each batch in its thread pool
 
 
 def _read_upload(path: Path, limit: int) -> bytes:

@@ -57,7 +57,7 @@ def settings(tmp_path):
     return Settings.from_env(home=tmp_path / "home")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The real image archives beside the repo (development only); skip where absent."""
     if not SHARED_DATASETS.is_dir():

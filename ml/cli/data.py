@@ -34,13 +34,11 @@ def build(
     logging.getLogger("ml.data.summary").propagate = False  # the table is printed below, once
     started = time.perf_counter()
     with user_errors():
-        from ml.data.build import build_dataset
         from ml.data.report import summary
-        from ml.data.snapshot import load_manifest
-        from ml.storage import open_store
+        from ml.stages import data, snapshots
 
-        result = build_dataset(settings, sources=source or None)
-        manifest = load_manifest(open_store(settings), result["version"])
+        result = data.build(settings, sources=source or None)
+        manifest = snapshots.manifest(settings, result["version"])
     typer.echo(summary(manifest))
     state = "reused the existing snapshot" if result["reused"] else "built"
     typer.secho(f"{state}: dataset version {result['version']} ({result['manifest_key']})",
@@ -57,10 +55,9 @@ def list_() -> None:
     """List the snapshots in the object store, newest last."""
     settings = load_settings()
     with user_errors():
-        from ml.data.snapshot import read_index
-        from ml.storage import open_store
+        from ml.stages import snapshots
 
-        entries = read_index(open_store(settings))
+        entries = snapshots.index(settings)
     if not entries:
         typer.echo("no dataset snapshots yet; run `visionloop data build`")
         return
@@ -77,14 +74,12 @@ def show(
     settings = load_settings()
     with user_errors():
         from ml.data.report import summary
-        from ml.data.snapshot import latest_version, load_manifest
-        from ml.storage import open_store
+        from ml.stages import snapshots
 
-        store = open_store(settings)
-        version = version or latest_version(store)
+        version = version or snapshots.latest_version(settings)
         if version is None:
             raise ValueError("no dataset snapshots yet; run `visionloop data build`")
-        manifest = load_manifest(store, version)
+        manifest = snapshots.manifest(settings, version)
     typer.echo(summary(manifest))
     for source in manifest.get("sources", []):
         typer.echo(f"source {source['name']}: {source['checksum']}")

@@ -14,7 +14,7 @@ def list_() -> None:
     """Registered versions, newest first, with aliases and the gate's decision."""
     settings = load_settings()
     with user_errors():
-        from ml.registry import list_versions
+        from ml.stages.gate import list_versions
 
         rows = list_versions(settings)
     if not rows:
@@ -33,7 +33,7 @@ def promote(version: str = typer.Argument(..., help="Registry version to make ch
     """Make VERSION the champion by hand; the current champion becomes previous_champion."""
     settings = load_settings()
     with user_errors():
-        from ml.registry import promote as promote_version
+        from ml.stages.gate import promote as promote_version
 
         result = promote_version(settings, version)
     typer.echo(f"champion: v{result['champion']} (previous_champion: v{result['previous_champion']})")
@@ -44,7 +44,7 @@ def rollback() -> None:
     """Put previous_champion back as champion (run it again to undo)."""
     settings = load_settings()
     with user_errors():
-        from ml.registry import rollback as rollback_champion
+        from ml.stages.gate import rollback as rollback_champion
 
         result = rollback_champion(settings)
     typer.echo(f"rolled back: champion is v{result['champion']}, previous_champion v{result['previous_champion']}")

@@ -17,8 +17,7 @@ def run(
     decide: bool = typer.Option(True, "--decide/--no-decide", help="Also run the retrain trigger."),
 ) -> None:
     """Test the requests logged since the watermark for drift, log the window, and decide on retraining."""
-    from ml.monitoring.drift import run_window
-    from ml.monitoring.trigger import decide_retrain
+    from ml.stages.drift import decide_retrain, run_window
 
     settings = load_settings()
     with user_errors():
@@ -39,8 +38,8 @@ def run(
 def status(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
     """Show the watermark, the last drift windows and the last retrain trigger."""
     from ml import layout
-    from ml.monitoring.trigger import load_state
     from ml.monitoring.window import Watermark
+    from ml.stages.drift import retrain_state
     from ml.storage import open_store
 
     settings = load_settings()
@@ -53,7 +52,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
                               "pending_batches": len(watermark.pending(store))},
                 "windows": [{k: w.get(k) for k in ("window_id", "verdict", "n_records", "model_version", "n_skipped")}
                             for w in windows],
-                "retrain": load_state(store)}
+                "retrain": retrain_state(settings)}
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

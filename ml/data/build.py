@@ -1,8 +1,7 @@
-"""`build_dataset`: sources -> validation -> balancing -> a versioned snapshot, in one call.
+"""The pieces of a dataset build: plan and version the sources, decode, balance, make the manifest.
 
-The DAG runs the same steps one task each through `ml.data.steps`; both use
-the functions below, so a CLI build and a DAG build give the same version and
-the same pixels.
+`ml.stages.data` runs them, in one call (`build`) or as the four `dataset_build` tasks; both
+use the functions below, so a CLI build and a DAG build give the same version and the same pixels.
 """
 
 from __future__ import annotations
@@ -11,36 +10,24 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import numpy as np
 
-from ml import layout
 from ml.config import Settings
 from ml.data import outliers, snapshot
 from ml.data.balance import SPLITS, TEST_FRACTION, VAL_FRACTION, SplitArrays, balance
 from ml.data.base import Source
 from ml.data.decode import default_workers
-from ml.data.report import summary
 from ml.data.sources import resolve_sources
-from ml.data.validate import Pool, clean, counts_by, merge
+from ml.data.validate import Pool, counts_by, merge
 from ml.imaging import IMAGE_SIZE
-from ml.storage import ObjectStore, open_store
+from ml.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-summary_log = logging.getLogger("ml.data.summary")  # the counts table, for task logs
 # Bump when a change to this package changes the pixels or the splits.
 # 2: splits by a hash of each image's identity, feedback in train or `corrections` only.
 PIPELINE = 2
-
-
-@contextmanager
-def timed(step: str) -> Iterator[None]:
-    """Log how long a step took (shown by `visionloop data build --profile`)."""
-    started = time.perf_counter()
-    yield
-    log.info("%s: %.2f s", step, time.perf_counter() - started)
 
 
 def parameters(settings: Settings) -> dict:
@@ -114,35 +101,3 @@ def balance_pool(settings: Settings, pool: Pool) -> tuple[dict[str, SplitArrays]
     """Stable splits of a cleaned pool and the rotated top-ups (ml.data.balance)."""
     return balance(pool.x, pool.y, pool.source, pool.ids, len(settings.classes), settings.class_target,
                    settings.seed, settings.corrections_holdout)
-
-
-def result(version: str, manifest: dict, reused: bool) -> dict:
-    """What build_dataset returns (and the DAG passes on): small and JSON-able."""
-    return {"version": version, "manifest_key": layout.dataset_manifest(version),
-            "counts": manifest["counts"], "reused": reused}
-
-
-def build_dataset(settings: Settings, sources: Iterable[str | Source] | None = None,
-                  workers: int | None = None) -> dict:
-    """Build (or reuse) the snapshot of the sources; {"version", "manifest_key", "counts", "reused"}."""
-    store = open_store(settings)
-    resolved, described, params, outlier_sources, version = plan(settings, store, sources)
-    if snapshot.exists(store, version):
-        log.info("dataset %s already exists; reusing it", version)
-        return result(version, snapshot.load_manifest(store, version), reused=True)
-    with timed("fetch and decode"):
-        pool = load_pool(settings, resolved, workers)
-        extra, entry = (outliers.load(settings, resolved, outlier_sources, workers or default_workers())
-                        if outlier_sources else (None, None))
-    images_in = len(pool)
-    with timed("validate"):
-        pool = clean(pool, settings.classes)
-    with timed("split and balance"):
-        splits, synthetic = balance_pool(settings, pool)
-    manifest = make_manifest(version, settings, described, params, pool, images_in, splits, synthetic)
-    if entry is not None:
-        manifest["outliers"] = entry
-    with timed("write snapshot"):
-        snapshot.write_snapshot(store, version, splits, manifest, extra)
-    summary_log.info("%s", summary(manifest))
-    return result(version, manifest, reused=False)

@@ -108,25 +108,10 @@ def put(store: ObjectStore, prefix: str, arrays: OutlierSet) -> None:
 
 
 def get(store: ObjectStore, prefix: str) -> OutlierSet:
+    """`<prefix>{x,classes,source}.npy` (staging, or a snapshot's through ml.stages.snapshots.outliers)."""
     return OutlierSet(*(store.get_array(f"{prefix}{name}.npy") for name in ARRAYS))
 
 
 def snapshot_prefix(version: str) -> str:
     return f"{layout.dataset_prefix(version)}outliers/"
 
-
-def read(store: ObjectStore, version: str, manifest: dict) -> dict[str, list] | None:
-    """{"configured": [...], "user": [...]} OutlierImages of a snapshot; None when it stores no outliers."""
-    from ml.ood.outlier_data import OutlierImages
-
-    entry = manifest.get("outliers")
-    if not entry:
-        return None
-    arrays = get(store, snapshot_prefix(version))
-    out: dict[str, list] = {"configured": [], "user": []}
-    for index, spec in enumerate(entry["sources"]):
-        keep = arrays.source == index
-        if keep.any():
-            group = "user" if spec["kind"] == USER_KIND else "configured"
-            out[group].append(OutlierImages(spec["set"], arrays.x[keep], arrays.classes[keep]))
-    return out

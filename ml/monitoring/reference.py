@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from ml import imaging, layout
-from ml.config import Settings
+from ml import imaging
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "bundle/reference"
@@ -102,100 +98,14 @@ class ReferencePack:
                    expected_ood_rate=float(info["expected_ood_rate"]), meta=meta)
 
 
-def _model_outputs(run_id: str, x: np.ndarray):
-    """The run's model on x: an object with .probs, .logits and .embeddings."""
-    from ml.inference import Predictor
-    from ml.model import load_run_model
-
-    return Predictor(load_run_model(run_id)).predict_batched(x)
-
-
-def expected_ood_rate(client, run_id: str, settings: Settings) -> float:
-    """In-distribution rejection rate of the run's OOD gate, or 1 - target TPR when it logged none."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(run_id, "bundle/ood/summary.json", tmp)
-            summary = json.loads(Path(path).read_text())
-        if "id_reject_rate" in summary:
-            return float(summary["id_reject_rate"])
+def expected_ood_rate(summary: dict | None, target_tpr: float) -> float:
+    """In-distribution rejection rate of a run's OOD gate (its bundle/ood/summary.json), else 1 - target TPR."""
+    if summary and "id_reject_rate" in summary:
+        return float(summary["id_reject_rate"])
+    if summary and summary.get("default_detector") in summary.get("detectors", {}):
         return float(summary["detectors"][summary["default_detector"]]["id_reject_rate"])
-    except Exception as exc:  # no OOD bundle yet, or an older summary without the field
-        log.info("no id_reject_rate in bundle/ood/summary.json of run %s (%s); using 1 - ood_target_tpr",
-                 run_id, type(exc).__name__)
-        return 1.0 - settings.ood_target_tpr
-
-
-def compute_and_log(settings: Settings, run_id: str) -> dict:
-    """Compute the run's reference pack on its validation split and log it under bundle/reference/."""
-    import mlflow
-
-    from ml.storage import open_store
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # load_run_model resolves runs:/ through it
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    version = client.get_run(run_id).data.params["dataset_version"]
-    store = open_store(settings)
-    x_val = store.get_array(layout.dataset_array(version, "val", "x"))
-    y_val = store.get_array(layout.dataset_array(version, "val", "y"))
-    x_train = store.get_array(layout.dataset_array(version, "train", "x"))
-    y_train = store.get_array(layout.dataset_array(version, "train", "y"))
-    class_hists = imaging.class_mean_histograms(x_train, y_train, len(settings.classes))
-    outputs = _model_outputs(run_id, x_val)
-    pack = ReferencePack.from_outputs(x_val, y_val, outputs.probs, outputs.embeddings, class_hists,
-                                      list(settings.classes), expected_ood_rate(client, run_id, settings),
-                                      seed=settings.seed)
-    pack.meta.update(run_id=run_id, dataset_version=version,
-                     created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    with tempfile.TemporaryDirectory() as tmp:
-        client.log_artifacts(run_id, str(pack.save(tmp)), ARTIFACT_DIR)
-    return {"artifact_path": ARTIFACT_DIR, "n": len(pack.confidence), "pca_dims": pack.pca_components.shape[0],
-            "expected_ood_rate": pack.expected_ood_rate, "val_accuracy": pack.meta["val_accuracy"],
-            "mean_confidence": float(pack.confidence.mean())}
+    return 1.0 - target_tpr
 
 
 class ReferenceMissing(LookupError):
     """A model version that has no reference pack (not registered, or trained without one)."""
-
-
-# MLflow error codes that mean "no such version or artifact", as opposed to a server that is down.
-_MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
-
-
-def _download_pack(settings: Settings, model_version: str, cache: Path) -> None:
-    """Fetch a version's pack into the cache; ReferenceMissing when the version or artifact does not exist."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    try:
-        run_id = client.get_model_version(settings.model_name, str(model_version)).run_id
-    except MlflowException as exc:
-        if exc.error_code in _MISSING_CODES:
-            raise ReferenceMissing(f"{settings.model_name} has no version {model_version!r}") from None
-        raise
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{ARTIFACT_DIR}",
-                                                       dst_path=tmp, tracking_uri=settings.mlflow_tracking_uri)
-        except MlflowException as exc:
-            if exc.error_code not in _MISSING_CODES:
-                raise
-            path = tmp
-        if not (Path(path) / "reference.json").is_file():
-            raise ReferenceMissing(f"version {model_version} (run {run_id}) has no {ARTIFACT_DIR}/")
-        ReferencePack.load(path).save(cache)  # re-save: a half-download never lands in the cache
-
-
-def load_for_version(settings: Settings, model_version: str) -> ReferencePack:
-    """The reference pack of a registered version, downloaded once and cached under settings.home.
-
-    Raises ReferenceMissing when the version is unknown or has no pack; other
-    errors (MLflow down) propagate, so a scheduler retries instead of skipping.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", str(model_version)):
-        raise ReferenceMissing(f"{model_version!r} is not a registry version")  # also keeps it a safe path
-    cache = Path(settings.home) / "cache" / "reference" / str(model_version)
-    if not (cache / "reference.json").is_file():
-        _download_pack(settings, model_version, cache)
-    return ReferencePack.load(cache)

@@ -1,15 +1,16 @@
-"""MLflow as the drift dashboard: one run per window with metrics, plots and a self-contained HTML report."""
+"""What a drift window shows: summary metrics, plots over time and a self-contained HTML report.
+
+`ml.stages.drift` logs them as one MLflow run per window (MLflow is the drift dashboard).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
-import time
 
 import numpy as np
 
-from ml.config import Settings
 from ml.monitoring.reference import ReferencePack
 from ml.monitoring.signals import WindowData
 
@@ -82,6 +83,11 @@ def _figures(window: WindowData, reference: ReferencePack, history: list[dict]) 
     return figures
 
 
+def plots(window: WindowData, reference: ReferencePack, history: list[dict]) -> dict[str, bytes]:
+    """The window's PNG plots by file name; `history` is earlier windows' summaries, this one last."""
+    return {name: _png(fig) for name, fig in _figures(window, reference, history).items()}
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -117,47 +123,3 @@ def _skipped_note(result: dict) -> str:
         return ""
     parts = ", ".join(f"v{html.escape(str(v))}: {n}" for v, n in skipped.items())
     return f"; skipped {sum(skipped.values())} requests of versions without a reference pack ({parts})"
-
-
-def _history(client, experiment_id: str) -> list[dict]:
-    runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=HISTORY_RUNS)
-    return [dict(run.data.metrics) for run in reversed(runs)]
-
-
-def log_window(settings: Settings, result: dict, window: WindowData | None,
-               reference: ReferencePack | None) -> str:
-    """Log one MLflow run for the window in the monitoring experiment; returns its run id."""
-    import mlflow
-
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(settings.monitoring_experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        settings.monitoring_experiment)
-    history = _history(client, experiment_id) if window is not None else []
-    run = client.create_run(experiment_id, run_name=result["window_id"],
-                            tags={"model_version": str(result.get("model_version")), "verdict": result["verdict"],
-                                  "window_id": result["window_id"]})
-    metrics = dict(result.get("summary", {}), window_size=float(result["n_records"]),
-                   skipped_records=float(result.get("n_skipped", 0)))
-    for s in result.get("signals", []):
-        metrics[f"{s['name']}_statistic"] = s["statistic"]
-        metrics[f"{s['name']}_p_value"] = s["p_value"]
-    stamp = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, 0)
-                                               for k, v in metrics.items()])
-    images = {}
-    if window is not None and reference is not None and len(window):
-        history.append(result.get("summary", {}))
-        images = {name: _png(fig) for name, fig in _figures(window, reference, history).items()}
-        for name, data in images.items():
-            client.log_image(run.info.run_id, _decode(data), artifact_file=f"plots/{name}")
-    client.log_text(run.info.run_id, render_html(result, images), "report.html")
-    client.log_dict(run.info.run_id, result, "window.json")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
-
-
-def _decode(data: bytes):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data))

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # (same ID acceptance) to be used: below it the difference is noise and global is simpler.
 PER_CLASS_MIN_GAIN = 0.02
 PRIMARY_SET = "heldout"
+# A detector that ranks synthetic noise as more in-distribution than real photos is broken (logit
+# energy does this on weak models): vetoed. This is a veto only; noise never ranks the detectors.
+SANITY_MIN_AUROC = 0.5
 
 
 class SelectionError(ValueError):
@@ -111,15 +114,28 @@ def require_real_sets(data: OODData) -> list[str]:
     return real
 
 
+def sanity_vetoed(rows: dict[str, dict], data: OODData) -> list[str]:
+    """Detectors scoring a synthetic sanity set below chance; none when that would veto every detector."""
+    vetoed = [name for name, row in rows.items()
+              if any((row["sets"].get(s) or {}).get("auroc", 1.0) < SANITY_MIN_AUROC for s in data.sanity_sets)]
+    if len(vetoed) == len(rows):
+        log.warning("OOD: every detector ranks synthetic noise as in-distribution; no veto applied")
+        return []
+    for name in vetoed:
+        log.warning("OOD: %s ranks synthetic noise as more in-distribution than photos: not eligible as default", name)
+    return vetoed
+
+
 def select_default(rows: dict[str, dict], data: OODData) -> tuple[str, str]:
     """(default detector, the set it was chosen on): best AUROC on held-out real outlier classes."""
     real = require_real_sets(data)
+    eligible = {name: row for name, row in rows.items() if name not in sanity_vetoed(rows, data)}
     if real:
         primary = PRIMARY_SET if PRIMARY_SET in real else real[0]
-        return pick_default({name: row["sets"][primary]["auroc"] for name, row in rows.items()}), primary
+        return pick_default({name: row["sets"][primary]["auroc"] for name, row in eligible.items()}), primary
     log.warning("OOD: no real outlier images configured (VISIONLOOP_OUTLIER_SOURCES): serving %s untested "
                 "on real outliers; synthetic noise is reported but never chooses", FALLBACK_DEFAULT)
-    return (FALLBACK_DEFAULT if FALLBACK_DEFAULT in rows else next(iter(rows))), "none"
+    return (FALLBACK_DEFAULT if FALLBACK_DEFAULT in eligible else pick_default({n: 0.0 for n in eligible})), "none"
 
 
 def summarise(rows: dict[str, dict], facts: dict[str, dict], data: OODData, target_tpr: float) -> dict:
@@ -134,6 +150,7 @@ def summarise(rows: dict[str, dict], facts: dict[str, dict], data: OODData, targ
                            "fpr_at_95_tpr": main.get("fpr_at_95_tpr"), "catch_rate": main.get("ood_reject_rate")}
     return {"default_detector": default, "primary_ood_set": primary, "target_tpr": target_tpr,
             "heldout_classes": sorted(data.heldout_classes), "sanity_sets": sorted(data.sanity_sets),
+            "sanity_vetoed": sanity_vetoed(rows, data),
             "score": "ood_score = 1 - conformal p-value of the raw score among ID calibration scores of the "
                      "predicted class (or all classes); is_ood when ood_score >= ood_threshold = target_tpr",
             "detectors": detectors}

@@ -99,7 +99,7 @@ def load_detector(directory: str | Path, name: str) -> OODDetector:
     if not spec_path.is_file() or not arrays_path.is_file():
         if (Path(directory) / f"{name}.joblib").is_file():  # a bundle from before detectors left pickle
             raise FileNotFoundError(f"OOD detector {name!r} in {directory} is a joblib pickle, which is never "
-                                    "loaded (it could run code); re-run the OOD step (fit_and_log) for this run")
+                                    "loaded (it could run code); re-run the fit_ood stage for this run")
         raise FileNotFoundError(f"no OOD detector {name!r} in {directory}")
     spec = json.loads(spec_path.read_text())
     if spec.get("format") != FORMAT:

@@ -14,6 +14,10 @@ from ml.platform.processes import PlatformError
 
 DAGS = ("dataset_build", "training_pipeline", "drift_monitoring")
 POLL_S = 5.0
+# While a training task runs the follower asks 6x less often: each poll costs the API server and
+# MLflow CPU that the training competes for (epochs take minutes, the progress line loses nothing).
+TRAINING_POLL_FACTOR = 6
+TRAINING_TASKS = ("train",)
 # Words in a dataset_build error that mean "the CIFAR download failed".
 NETWORK_WORDS = ("download", "urlopen", "url", "connection", "resolve", "network", "http", "cifar", "timed out")
 OFFLINE_FIX = (
@@ -67,17 +71,18 @@ def follow(watch: Watch, timeout_s: float) -> str:
     dataset_run = _active(watch.client, "dataset_build") or (watch.client.runs("dataset_build", 1) or [None])[0]
     training_wait_started: float | None = None
     while time.monotonic() < deadline:
+        running: list[str] = []
         version = mlflow_api.champion_version(watch.tracking_uri, watch.settings.model_name)
         if version:
             return version
         if dataset_run and dataset_run["state"] not in TERMINAL:
             dataset_run = watch.client.run("dataset_build", dataset_run["dag_run_id"])
-            _show_run(watch, dataset_run)
+            running += _show_run(watch, dataset_run)
             if dataset_run["state"] == "failed":
                 raise PlatformError(_diagnose(watch, dataset_run))
         training = _active(watch.client, "training_pipeline")
         if training:
-            _show_run(watch, training)
+            running += _show_run(watch, training)
         elif dataset_run is None or dataset_run["state"] == "success":
             training_wait_started = training_wait_started or time.monotonic()
             done = _finished_training(watch, dataset_run)
@@ -95,9 +100,14 @@ def follow(watch: Watch, timeout_s: float) -> str:
                 run = watch.client.trigger("training_pipeline")
                 watch.show(f"triggered training_pipeline (run {run['dag_run_id']})")
                 training_wait_started = float("inf")  # once
-        time.sleep(POLL_S)
+        time.sleep(poll_interval(running))
     raise PlatformError(f"no champion after {timeout_s:.0f} s; the pipeline goes on in Airflow "
                         f"({watch.client.base_url}); run `make up` again to start serving once it is done")
+
+
+def poll_interval(running: list[str]) -> float:
+    """Seconds to the next poll: longer while a training task runs."""
+    return POLL_S * (TRAINING_POLL_FACTOR if any(t in TRAINING_TASKS for t in running) else 1)
 
 
 def _finished_training(watch: Watch, dataset_run: dict | None) -> dict | None:
@@ -114,8 +124,8 @@ def _when(stamp: str | None) -> datetime | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
-def _show_run(watch: Watch, run: dict) -> None:
-    """One line: the DAG, its state, the running task and, while training, the epochs done."""
+def _show_run(watch: Watch, run: dict) -> list[str]:
+    """One line: the DAG, its state, the running task and, while training, the epochs done; returns the running tasks."""
     dag_id = run["dag_id"]
     running = [t["task_id"] for t in watch.client.task_instances(dag_id, run["dag_run_id"])
                if t.get("state") == "running"]
@@ -125,6 +135,7 @@ def _show_run(watch: Watch, run: dict) -> None:
         progress = mlflow_api.epoch_progress(watch.tracking_uri, latest) if latest else ""
         line += f" ({progress})" if progress else ""
     watch.show(line)
+    return running
 
 
 def _diagnose(watch: Watch, run: dict) -> str:

@@ -26,6 +26,9 @@ Guarantees:
   pointer `request-ids/<request_id>.json` the shipper writes for every request. Its image is
   attached only when its sha256 matches the request's; a repeated correction replaces the
   record and never copies the image again.
+  An id found in neither but young enough to be still shipping elsewhere (time-ordered ids,
+  `ml.records.new_request_id`; `core.shipping_window_s`) gets SpoolUnavailable (503 + Retry-After);
+  an older one UnknownRequest (404).
 """
 
 from ml.requestlog.core import RequestLog

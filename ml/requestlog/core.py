@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import sqlite3
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from ml import layout
 from ml.config import Settings
-from ml.records import FeedbackRecord, RequestRecord, utc_now_iso
+from ml.records import REQUEST_ID_RE, FeedbackRecord, RequestRecord, request_id_age_s, utc_now_iso
 from ml.requestlog.errors import SpoolUnavailable, UnknownRequest
 from ml.requestlog.quarantine import Quarantine
 from ml.requestlog.recovery import Recovery, open_index
@@ -23,7 +22,20 @@ from ml.requestlog.spool import SegmentCounter, SpoolLock, SpoolWriter, read_blo
 from ml.storage import ObjectNotFound, ObjectStore, StorageError, StorageUnavailable, open_store
 
 log = logging.getLogger(__name__)
-_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+SHIP_BACKOFF_MAX_S = 10.0  # the shipper's longest wait between attempts after a store error
+CLOCK_SKEW_S = 5.0  # allowed clock difference between the replica that made an id and the one asked
+
+
+def shipping_window_s(interval_s: float) -> float:
+    """How long after its id was made a request's `request-ids/` pointer may still be on its way to the store.
+
+    The request is spooled before it is answered; its segment is sealed once it is `interval_s` old
+    (the ship loop looks every min(interval_s, 1) s) and shipped in the same cycle, pointer before batch.
+    On top: two waits of the longest retry backoff (covering 0.5+1+2+4+8 s of retries after a brief
+    store error) and the clock skew between replicas. A request whose shipping is held up longer (a
+    long store outage on the serving replica, a backlog of many batches) is answered 404 until it lands.
+    """
+    return interval_s + min(interval_s, 1.0) + 2 * SHIP_BACKOFF_MAX_S + CLOCK_SKEW_S
 
 
 class RequestLog(Shipper, Recovery):
@@ -146,7 +158,7 @@ class RequestLog(Shipper, Recovery):
 
     def _shipped_request(self, request_id: str) -> dict:
         """The pointer another worker or replica shipped for this request (requests served elsewhere)."""
-        if not _REQUEST_ID.match(request_id):
+        if not REQUEST_ID_RE.match(request_id):
             raise UnknownRequest(request_id)
         try:
             pointer = json.loads(self.store.get_bytes(layout.request_pointer(request_id)))
@@ -154,17 +166,24 @@ class RequestLog(Shipper, Recovery):
                     "sha256": str(pointer["image_sha256"]), "label": str(pointer["label"]),
                     "model_version": str(pointer["model_version"]), "ext": str(pointer["ext"])}
         except ObjectNotFound:
-            if self.settings.serve_workers > 1:  # a sibling worker may not have shipped it yet
-                raise SpoolUnavailable(f"request {request_id} is not known to this worker yet (another worker "
-                                       "may still be shipping it); retry shortly",
-                                       max(1, int(self.settings.request_log_interval_s) + 1)) from None
-            raise UnknownRequest(request_id) from None
+            pending = self._still_shipping(request_id)
+            raise (pending or UnknownRequest(request_id)) from None
         except StorageError as exc:
             raise SpoolUnavailable(f"request {request_id} is not in this spool and the object store cannot "
                                    f"be asked: {exc}", self.retry_after_s) from None
         except (ValueError, KeyError, TypeError):
             log.warning("request pointer for %s is malformed", request_id)
             raise UnknownRequest(request_id) from None
+
+    def _still_shipping(self, request_id: str) -> SpoolUnavailable | None:
+        """A retry answer when the id is young enough that the worker that made it may not have shipped it yet."""
+        age = request_id_age_s(request_id)  # None: not a time-ordered id, nothing says it is on its way
+        window = shipping_window_s(self.interval_s)
+        if age is None or age > window:
+            return None
+        retry = max(1, math.ceil(min(self.interval_s + 1.0, window - age)))
+        return SpoolUnavailable(f"request {request_id} is not known here yet (it was answered {max(age, 0.0):.1f} s "
+                                "ago and the worker that answered it may still be shipping it); retry shortly", retry)
 
     def lookup(self, request_id: str) -> dict | None:
         with self._lock:
@@ -250,7 +269,7 @@ class RequestLog(Shipper, Recovery):
                 if self.store_ok and unreachable:
                     log.warning("object store unavailable, spooling locally: %s", exc)
                 self.store_ok = not unreachable
-                backoff = min(max(0.5, backoff * 2), 10.0)
+                backoff = min(max(0.5, backoff * 2), SHIP_BACKOFF_MAX_S)
             except Exception:  # never let the shipper die: the spool keeps everything
                 log.exception("request log shipper failed; retrying")
-                backoff = min(max(0.5, backoff * 2), 10.0)
+                backoff = min(max(0.5, backoff * 2), SHIP_BACKOFF_MAX_S)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.fixtures.airflow import load_dag
 
 DAG_ID = "dataset_build"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", "insects")
@@ -15,16 +16,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 @pytest.fixture(scope="module")
 def dag(airflow_db):
-    # Parses only this DAG file (the shared `dagbag` fixture passes include_examples, gone in Airflow 3.3).
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tests.conftest import REPO
-
-    if str(REPO / "dags") not in sys.path:  # the DAG processor puts the DAGs folder on sys.path
-        sys.path.insert(0, str(REPO / "dags"))
-    bag = DagBag(dag_folder=str(REPO / "dags" / f"{DAG_ID}.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(DAG_ID)
+    return load_dag(DAG_ID)
 
 
 def test_dag_follows_the_house_rules(dag):
@@ -55,7 +47,7 @@ def test_dag_builds_a_snapshot_and_announces_its_version(dag, tmp_path, monkeypa
     from airflow.utils.session import create_session
 
     from ml.config import Settings
-    from ml.data import snapshot
+    from ml.stages import snapshots
     from ml.storage import open_store
 
     monkeypatch.setenv("VISIONLOOP_HOME", str(tmp_path / "home"))
@@ -65,9 +57,10 @@ def test_dag_builds_a_snapshot_and_announces_its_version(dag, tmp_path, monkeypa
     run = dag.test()
     assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
 
-    store = open_store(Settings.from_env())
-    version = snapshot.latest_version(store)
-    manifest = snapshot.load_manifest(store, version)
+    settings = Settings.from_env()
+    store = open_store(settings)
+    version = snapshots.latest_version(settings)
+    manifest = snapshots.manifest(settings, version)
     assert manifest["synthetic"]["insects"] == 6
     assert sum(manifest["counts"]["train"].values()) + sum(manifest["counts"]["val"].values()) + \
         sum(manifest["counts"]["test"].values()) == 110

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 
 import pytest
 
 from ml.monitoring import synthetic
 from ml.storage import open_store
-from tests.conftest import REPO
+from tests.fixtures.airflow import load_dag
 
 
 @pytest.fixture(scope="module")
-def dagbag(airflow_db):
-    """Only this DAG file (the shared fixture passes include_examples, which Airflow 3.3 dropped)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    if str(REPO / "dags") not in sys.path:  # Airflow's processor puts the DAGs folder on sys.path; tests must too
-        sys.path.insert(0, str(REPO / "dags"))
-    return DagBag(dag_folder=str(REPO / "dags" / "drift_monitoring.py"))
+def dag(airflow_db):
+    return load_dag("drift_monitoring")
 
 
-def test_dag_parses_with_tags_retries_and_edges(dagbag):
-    assert not {k: v for k, v in dagbag.import_errors.items() if "drift_monitoring" in k}
-    dag = dagbag.get_dag("drift_monitoring")
+def test_dag_parses_with_tags_retries_and_edges(dag):
     assert dag is not None and "monitoring" in dag.tags and not dag.catchup
     assert dag.default_args["retries"] >= 1
     assert dag.task_dict["compute_window"].downstream_task_ids == {"decide"}
@@ -52,11 +44,10 @@ def loop_env(airflow_db, mlflow_server, tmp_path, monkeypatch):
     return settings
 
 
-def test_dag_test_requests_a_retrain_on_drift(loop_env, dagbag):
+def test_dag_test_requests_a_retrain_on_drift(loop_env, dag):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
 
-    dag = dagbag.get_dag("drift_monitoring")
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states == {"compute_window": "success", "decide": "success", "retrain_decided": "success",

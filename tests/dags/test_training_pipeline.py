@@ -1,9 +1,9 @@
 """training_pipeline: house rules, task order, schedule, and a dag.test() run on tiny data.
 
-The dag.test() run replaces ml.ood.pipeline and ml.monitoring.reference with
-recording fakes (inserted into sys.modules): this test checks the DAG's wiring
-and the train/evaluate/gate stages; the real OOD and reference stages have
-their own tests and run together in tests/fixtures/pipeline.py.
+The dag.test() run replaces the stages ml.stages.fit_ood, ml.stages.build_bundle and
+ml.stages.reference with recording fakes (inserted into sys.modules): this test checks
+the DAG's wiring and the train/evaluate/gate stages; the real OOD, bundle and reference
+stages have their own tests and run together in tests/fixtures/pipeline.py.
 """
 
 from __future__ import annotations
@@ -13,25 +13,15 @@ import types
 
 import pytest
 
+from tests.fixtures.airflow import load_dag
+
 DAG_ID = "training_pipeline"
-ORDER = ["resolve_dataset", "train", "evaluate", "fit_ood", "reference", "gate", "publish_champion"]
-
-
-def load_dag(monkeypatch=None):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tests.conftest import REPO
-
-    if str(REPO / "dags") not in sys.path:  # the DAG processor puts the DAGs folder on sys.path
-        sys.path.insert(0, str(REPO / "dags"))
-    bag = DagBag(dag_folder=str(REPO / "dags" / f"{DAG_ID}.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(DAG_ID)
+ORDER = ["resolve_dataset", "train", "evaluate", "fit_ood", "build_bundle", "reference", "gate", "publish_champion"]
 
 
 @pytest.fixture(scope="module")
 def dag(airflow_db):
-    return load_dag()
+    return load_dag(DAG_ID)
 
 
 def test_dag_follows_the_house_rules(dag):
@@ -52,7 +42,7 @@ def test_scheduled_on_the_dataset_or_weekly_and_the_time_part_can_be_switched_of
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert dag.timetable.timetable.expression == "0 0 * * 0"  # @weekly
     monkeypatch.setenv("VISIONLOOP_TRAIN_SCHEDULE", "none")
-    asset_only = load_dag()
+    asset_only = load_dag(DAG_ID)
     assert type(asset_only.timetable).__name__ != "AssetOrTimeSchedule"
     assert "visionloop_dataset" in repr(asset_only.timetable.asset_condition)
 
@@ -67,14 +57,13 @@ def test_dag_trains_gates_and_announces_the_new_champion(dag, mlflow_server, tmp
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
 
-    from ml import registry
     from ml.config import Settings
+    from ml.stages import gate, tracking
     from tests.fixtures.data import write_tiny_snapshot
 
     calls: list = []
-    monkeypatch.setitem(sys.modules, "ml.ood.pipeline", fake_stage("ml.ood.pipeline", "fit_and_log", calls))
-    monkeypatch.setitem(sys.modules, "ml.monitoring.reference",
-                        fake_stage("ml.monitoring.reference", "compute_and_log", calls))
+    for stage in ("fit_ood", "build_bundle", "reference"):
+        monkeypatch.setitem(sys.modules, f"ml.stages.{stage}", fake_stage(f"ml.stages.{stage}", stage, calls))
     for name, value in {"HOME": str(tmp_path / "home"), "PROFILE": "smoke", "MODEL_NAME": "dag-test",
                         "EXPERIMENT": "dag-test", "GATE_MIN_ACCURACY": "0.0"}.items():
         monkeypatch.setenv(f"VISIONLOOP_{name}", value)
@@ -85,10 +74,10 @@ def test_dag_trains_gates_and_announces_the_new_champion(dag, mlflow_server, tmp
 
     run = dag.test()
     assert str(run.state) in ("success", "DagRunState.SUCCESS"), run.state
-    version = registry.champion_version(settings)
+    version = tracking.champion_version(settings)
     assert version == "1"
-    run_id = registry.list_versions(settings)[0]["run_id"]
-    assert calls == [("fit_and_log", run_id), ("compute_and_log", run_id)]
+    run_id = gate.list_versions(settings)[0]["run_id"]
+    assert calls == [("fit_ood", run_id), ("build_bundle", run_id), ("reference", run_id)]
     with create_session() as session:
         events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()
     assert [e.extra.get("version") for e in events] == [version]

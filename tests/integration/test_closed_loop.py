@@ -9,7 +9,6 @@ without a restart. Then a worse candidate is rejected and the champion keeps ser
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from PIL import Image
 from ml import layout
 from ml.config import Settings
 from ml.storage import open_store
-from tests.conftest import REPO
+from tests.fixtures.airflow import load_dag
 from tests.fixtures.data import class_images
 from tests.fixtures.pipeline import run_pipeline
 from tests.fixtures.serving import forget_service_metrics, png_bytes
@@ -37,16 +36,6 @@ def write_image_folder(root: Path, classes: tuple[str, ...], per_class: int) -> 
         for i, pixels in enumerate(class_images(class_id, per_class, rng, len(classes))):
             Image.fromarray(pixels).resize((48, 40)).save(root / name / f"{i}.png")
     return root
-
-
-def load_dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    if str(REPO / "dags") not in sys.path:
-        sys.path.insert(0, str(REPO / "dags"))
-    bag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
 
 
 def task_states(run) -> dict[str, str]:
@@ -93,8 +82,8 @@ def wait_for(predicate, timeout_s: float, what: str):
 def test_corrections_retrain_and_the_service_swaps_to_the_new_champion(loop_settings):
     from starlette.testclient import TestClient
 
-    from ml.data.build import build_dataset
-    from ml.registry import champion_version
+    from ml.stages.data import build as build_dataset
+    from ml.stages.tracking import champion_version
 
     settings, store = loop_settings, open_store(loop_settings)
     first = build_dataset(settings)["version"]
@@ -127,7 +116,7 @@ def correct(client, settings: Settings) -> str:
 
 def serve_correct_retrain_and_swap(client, settings: Settings, store, first: str, v1: str) -> None:
     """Requests and corrections through the service, then the three DAGs, then the hot swap."""
-    from ml.registry import champion_version
+    from ml.stages.tracking import champion_version
 
     assert client.get("/model_info").json()["model_version"] == str(v1)
     correct(client, settings)
@@ -166,11 +155,11 @@ def serve_correct_retrain_and_swap(client, settings: Settings, store, first: str
 
 def reject_a_worse_candidate(client, settings: Settings, dataset_version: str, champion: str) -> None:
     """A model that never learned (learning rate 0) is registered, rejected, and never served."""
-    from ml.registry import alias_version, champion_version
+    from ml.stages.tracking import champion_version
 
     _, decision = run_pipeline(settings, dataset_version, overrides={"learning_rate": 0.0})
     assert not decision["promoted"] and champion_version(settings) == champion
-    assert alias_version(settings, "challenger") == decision["version"]
+    assert champion_version(settings, "challenger") == decision["version"]
     # It learned nothing: worse than the champion on the held-out corrections, and usually on clean too.
     assert any("corrections" in r or "clean test accuracy" in r for r in decision["reasons"]), decision["reasons"]
     time.sleep(3 * settings.alias_poll_seconds)  # a few alias polls of the running service

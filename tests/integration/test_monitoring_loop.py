@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ml import layout
-from ml.monitoring import drift, reference, synthetic
-from ml.monitoring.reference import ReferencePack
+from ml.monitoring import synthetic
+from ml.monitoring.reference import ARTIFACT_DIR, ReferencePack
+from ml.stages import drift
 from ml.storage import open_store
 from tests.fixtures.data import write_tiny_snapshot
 from tests.unit.test_monitoring_window import check_exactly_once
@@ -34,7 +35,7 @@ def registered(s3_settings, mlflow_server, tmp_path):
     experiment_id = client.create_experiment(f"train-{tmp_path.name}"[:60])
     run_id = client.create_run(experiment_id).info.run_id
     client.log_artifacts(run_id, str(synthetic.pack(list(settings.classes)).save(tmp_path / "ref")),
-                         reference.ARTIFACT_DIR)
+                         ARTIFACT_DIR)
     client.create_registered_model(settings.model_name)
     version = client.create_model_version(settings.model_name, f"runs:/{run_id}/bundle", run_id=run_id).version
     return settings, str(version)
@@ -77,8 +78,12 @@ def test_small_window_does_not_move_the_watermark(registered):
     assert not store.exists(layout.WATERMARK)
 
 
-def test_compute_and_log_writes_the_pack(s3_settings, mlflow_server, monkeypatch, tmp_path):
+def test_reference_stage_writes_the_pack(s3_settings, mlflow_server, monkeypatch, tmp_path):
+    import sys
+
     import mlflow
+
+    from ml.stages import reference
 
     settings = s3_settings.with_(mlflow_tracking_uri=mlflow_server)
     snapshot = write_tiny_snapshot(settings)
@@ -87,15 +92,20 @@ def test_compute_and_log_writes_the_pack(s3_settings, mlflow_server, monkeypatch
     client.log_param(run_id, "dataset_version", snapshot.version)
     rng = np.random.default_rng(0)
 
-    def fake_outputs(run, x):  # the Predictor contract: .probs and .embeddings per image
-        return types.SimpleNamespace(probs=rng.dirichlet(np.ones(13), size=len(x)),
-                                     embeddings=rng.normal(size=(len(x), 48)), logits=None)
+    class FakePredictor:  # the Predictor contract: .probs and .embeddings per image (no TensorFlow import)
+        def __init__(self, model):
+            assert model == "model of " + run_id
 
-    monkeypatch.setattr(reference, "_model_outputs", fake_outputs)
-    summary = reference.compute_and_log(settings, run_id)
+        def predict_batched(self, x):
+            return types.SimpleNamespace(probs=rng.dirichlet(np.ones(13), size=len(x)),
+                                         embeddings=rng.normal(size=(len(x), 48)), logits=None)
+
+    monkeypatch.setitem(sys.modules, "ml.inference", types.SimpleNamespace(Predictor=FakePredictor))
+    monkeypatch.setattr(reference.tracking, "load_run_model", lambda s, run: f"model of {run}")
+    summary = reference.reference(settings, run_id)
     assert summary["n"] == len(snapshot.arrays["val"][1])
     assert summary["expected_ood_rate"] == pytest.approx(1 - settings.ood_target_tpr)  # what the detector rejects
-    path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{reference.ARTIFACT_DIR}", dst_path=str(tmp_path))
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{ARTIFACT_DIR}", dst_path=str(tmp_path))
     pack = ReferencePack.load(path)
     assert pack.class_histograms.shape == (13, 32) and pack.meta["dataset_version"] == snapshot.version
 

@@ -1,5 +1,5 @@
-"""fit_and_log against a real MLflow server and a smoke-trained run: metrics on held-out outlier classes,
-table, plot and bundle/ artifacts stored without pickle."""
+"""The fit_ood and build_bundle stages against a real MLflow server and a smoke-trained run: metrics on held-out
+outlier classes, table, plot and bundle/ artifacts stored without pickle."""
 
 from __future__ import annotations
 
@@ -35,11 +35,15 @@ def outlier_archive(path, n_groups: int = 6, per_group: int = 15):
 
 @pytest.fixture(scope="module")
 def fitted(smoke_run, tmp_path_factory):  # noqa: F811
-    from ml.ood.pipeline import fit_and_log
+    from ml.stages.build_bundle import build_bundle
+    from ml.stages.fit_ood import fit_ood
 
     archive = outlier_archive(tmp_path_factory.mktemp("ood") / "ood.tar.gz")
     settings = smoke_run.settings.with_(outlier_sources=(f"folder:{archive}",))
-    return fit_and_log(settings, smoke_run.run_id)
+    result = fit_ood(settings, smoke_run.run_id)
+    built = build_bundle(settings, smoke_run.run_id)
+    assert built["similarity_images"] == len(smoke_run.snapshot.arrays["train"][1])
+    return result
 
 
 def test_result_names_default_and_every_detector(fitted):

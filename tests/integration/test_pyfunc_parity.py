@@ -101,11 +101,11 @@ def test_registered_pyfunc_answers_like_the_service(smoke_champion, tmp_path):  
     from mlflow import MlflowClient
 
     from ml.model_card import MODEL_DESCRIPTION
-    from ml.pyfunc_model import log_pyfunc
+    from ml.stages.pyfunc import log_pyfunc
 
     settings, run_id = smoke_champion.settings, smoke_champion.run_id
-    uri = log_pyfunc(run_id, tracking_uri=settings.mlflow_tracking_uri)
-    assert log_pyfunc(run_id, tracking_uri=settings.mlflow_tracking_uri) == uri  # a retry logs nothing new
+    uri = log_pyfunc(settings, run_id)
+    assert log_pyfunc(settings, run_id) == uri  # a retry logs nothing new
     version = register_with_card(settings, run_id, uri, smoke_champion.decision)
     blobs = sample_images(smoke_champion.snapshot)
     env = {"VISIONLOOP_HOME": str(tmp_path / "serve-home"), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml import layout, registry
+from ml import layout
 from ml.digests import tree_digest
+from ml.stages import gate, tracking
 from tests.fixtures.data import class_images, content_ids
 from tests.fixtures.servers import BIN, ServerProcess, free_port, wait_http
 from tests.fixtures.training import smoke_run  # noqa: F401  (fixture)
@@ -106,14 +107,14 @@ def tags(settings, version: str) -> dict[str, str]:
 
 
 def versions(settings) -> list[str]:
-    return [row["version"] for row in registry.list_versions(settings)]
+    return [row["version"] for row in gate.list_versions(settings)]
 
 
 def test_first_model_becomes_champion_with_its_numbers_and_digests(settings, artifacts):
-    decision = registry.register_and_gate(settings, candidate(settings, artifacts))
+    decision = gate.gate(settings, candidate(settings, artifacts))
     assert decision["promoted"] and decision["champion_version"] is None
-    assert registry.champion_version(settings) == decision["version"]
-    assert registry.alias_version(settings, "challenger") == decision["version"]
+    assert tracking.champion_version(settings) == decision["version"]
+    assert tracking.champion_version(settings, "challenger") == decision["version"]
     version_tags = tags(settings, decision["version"])
     assert version_tags["gate.promoted"] == "True" and version_tags["gate.clean_n"] == "104"
     # A 3-epoch smoke model on easy tiny data: far above chance (1/13), well above the gate's floor.
@@ -123,27 +124,27 @@ def test_first_model_becomes_champion_with_its_numbers_and_digests(settings, art
 
 
 def test_better_model_replaces_champion_and_worse_one_is_rejected(settings, artifacts):
-    first = registry.register_and_gate(settings, candidate(settings, artifacts, "bad"))["version"]
-    better = registry.register_and_gate(settings, candidate(settings, artifacts))
-    assert better["promoted"] and registry.champion_version(settings) == better["version"]
-    assert registry.alias_version(settings, "previous_champion") == first
+    first = gate.gate(settings, candidate(settings, artifacts, "bad"))["version"]
+    better = gate.gate(settings, candidate(settings, artifacts))
+    assert better["promoted"] and tracking.champion_version(settings) == better["version"]
+    assert tracking.champion_version(settings, "previous_champion") == first
     assert better["champion_clean_accuracy"] < better["clean_accuracy"] - 0.15  # 3 of 13 classes wrong
-    worse = registry.register_and_gate(settings, candidate(settings, artifacts, "bad"))
-    assert not worse["promoted"] and registry.champion_version(settings) == better["version"]
-    assert registry.alias_version(settings, "challenger") == worse["version"]
+    worse = gate.gate(settings, candidate(settings, artifacts, "bad"))
+    assert not worse["promoted"] and tracking.champion_version(settings) == better["version"]
+    assert tracking.champion_version(settings, "challenger") == worse["version"]
     version_tags = tags(settings, worse["version"])
     assert version_tags["gate.promoted"] == "False" and "clean test accuracy" in version_tags["gate.reasons"]
     assert version_tags["gate.champion_accuracy"] == f"{better['clean_accuracy']:.4f}"
 
 
 def test_corrections_must_improve_and_are_reported_apart_from_clean(settings, artifacts):
-    registry.register_and_gate(settings, candidate(settings, artifacts, "bad", CORRECTED))
-    better = registry.register_and_gate(settings, candidate(settings, artifacts, "good", CORRECTED))
+    gate.gate(settings, candidate(settings, artifacts, "bad", CORRECTED))
+    better = gate.gate(settings, candidate(settings, artifacts, "good", CORRECTED))
     assert better["promoted"], better["reasons"]
     assert better["corrections_n"] == 26 and better["clean_n"] == 104
     assert better["corrections_accuracy"] > better["champion_corrections_accuracy"]
-    same = registry.register_and_gate(settings, candidate(settings, artifacts, "good", CORRECTED))
-    assert not same["promoted"] and registry.champion_version(settings) == better["version"]
+    same = gate.gate(settings, candidate(settings, artifacts, "good", CORRECTED))
+    assert not same["promoted"] and tracking.champion_version(settings) == better["version"]
     assert "corrections accuracy" in same["reasons"][0] and "not better than champion" in same["reasons"][0]
     version_tags = tags(settings, same["version"])
     assert version_tags["gate.corrections_accuracy"] == version_tags["gate.champion_corrections_accuracy"]
@@ -152,9 +153,9 @@ def test_corrections_must_improve_and_are_reported_apart_from_clean(settings, ar
 
 def test_a_recall_drop_on_one_class_is_rejected(settings, artifacts):
     settings = settings.with_(gate_epsilon=1.0)  # accuracy alone would let it through
-    champion = registry.register_and_gate(settings, candidate(settings, artifacts))["version"]
-    dropped = registry.register_and_gate(settings, candidate(settings, artifacts, "catdog"))
-    assert not dropped["promoted"] and registry.champion_version(settings) == champion
+    champion = gate.gate(settings, candidate(settings, artifacts))["version"]
+    dropped = gate.gate(settings, candidate(settings, artifacts, "catdog"))
+    assert not dropped["promoted"] and tracking.champion_version(settings) == champion
     assert dropped["worst_recall_class"] in ("cat", "dog") and dropped["worst_recall_drop"] > 0.5
     assert "recall of" in tags(settings, dropped["version"])["gate.reasons"]
 
@@ -162,8 +163,8 @@ def test_a_recall_drop_on_one_class_is_rejected(settings, artifacts):
 @pytest.mark.parametrize("candidate_ood, promoted", [(0.97, True), (0.95, True), (0.94, True), (0.90, False)])
 def test_ood_rule_refuses_a_candidate_that_detects_unknown_images_worse(settings, artifacts,
                                                                        candidate_ood, promoted):
-    registry.register_and_gate(settings, candidate(settings, artifacts, ood=0.95))
-    decision = registry.register_and_gate(settings, candidate(settings, artifacts, ood=candidate_ood))
+    gate.gate(settings, candidate(settings, artifacts, ood=0.95))
+    decision = gate.gate(settings, candidate(settings, artifacts, ood=candidate_ood))
     assert decision["promoted"] is promoted, decision["reasons"]
     assert decision["ood_heldout_auroc"] == pytest.approx(candidate_ood)
     if not promoted:
@@ -171,16 +172,16 @@ def test_ood_rule_refuses_a_candidate_that_detects_unknown_images_worse(settings
 
 
 def test_ood_rule_is_skipped_with_a_reason_when_a_run_lacks_the_metric(settings, artifacts):
-    registry.register_and_gate(settings, candidate(settings, artifacts))
-    decision = registry.register_and_gate(settings, candidate(settings, artifacts, ood=0.5))
+    gate.gate(settings, candidate(settings, artifacts))
+    decision = gate.gate(settings, candidate(settings, artifacts, ood=0.5))
     assert decision["promoted"]
     assert any("OOD rule skipped: the champion run has no ood_heldout_auroc" in n for n in decision["notes"])
 
 
 def test_a_gate_retry_reuses_the_runs_version(settings, artifacts):
     run_id = candidate(settings, artifacts)
-    first = registry.register_and_gate(settings, run_id)
-    again = registry.register_and_gate(settings, run_id)
+    first = gate.gate(settings, run_id)
+    again = gate.gate(settings, run_id)
     assert again["version"] == first["version"] and again["promoted"] and again["reused"]
     assert versions(settings) == [first["version"]]
 
@@ -193,14 +194,14 @@ def test_a_champion_trained_on_the_candidates_test_images_is_compared_on_the_res
     half, whole = f"half-{uuid.uuid4().hex[:6]}", f"whole-{uuid.uuid4().hex[:6]}"
     copy_snapshot(store, tiny, half, extra_train=test_x[:52])
     copy_snapshot(store, tiny, whole, extra_train=test_x)
-    registry.register_and_gate(settings, candidate(settings, artifacts, dataset_version=half))
-    decision = registry.register_and_gate(settings, candidate(settings, artifacts))
+    gate.gate(settings, candidate(settings, artifacts, dataset_version=half))
+    decision = gate.gate(settings, candidate(settings, artifacts))
     assert decision["excluded_n"] == 52 and decision["clean_n"] == 52
     assert tags(settings, decision["version"])["gate.excluded_n"] == "52"
     other = settings.with_(model_name=f"{settings.model_name}-b")
-    registry.register_and_gate(other, candidate(other, artifacts, dataset_version=whole))
-    with pytest.raises(registry.GateError, match="no test image of tiny0001 is unseen"):
-        registry.register_and_gate(other, candidate(other, artifacts))
+    gate.gate(other, candidate(other, artifacts, dataset_version=whole))
+    with pytest.raises(gate.GateError, match="no test image of tiny0001 is unseen"):
+        gate.gate(other, candidate(other, artifacts))
     assert len(versions(other)) == 1
 
 
@@ -211,11 +212,11 @@ def test_missing_champion_data_fails_closed(settings, artifacts, smoke_run):  # 
     store = smoke_run.snapshot.store
     gone = f"gone-{uuid.uuid4().hex[:6]}"
     copy_snapshot(store, "tiny0001", gone)
-    champion = registry.register_and_gate(settings, candidate(settings, artifacts, "bad", gone))["version"]
+    champion = gate.gate(settings, candidate(settings, artifacts, "bad", gone))["version"]
     store.delete(layout.dataset_array(gone, "train", "x"))
     with pytest.raises(ObjectNotFound):
-        registry.register_and_gate(settings, candidate(settings, artifacts))
-    assert registry.champion_version(settings) == champion and versions(settings) == [champion]
+        gate.gate(settings, candidate(settings, artifacts))
+    assert tracking.champion_version(settings) == champion and versions(settings) == [champion]
 
 
 @pytest.fixture
@@ -241,14 +242,14 @@ def own_mlflow(tmp_path, monkeypatch):
 def test_a_registry_outage_during_the_gate_raises_and_promotes_nothing(settings, artifacts, own_mlflow):
     uri, servers, start = own_mlflow
     settings = settings.with_(mlflow_tracking_uri=uri)
-    champion = registry.register_and_gate(settings, candidate(settings, artifacts, "bad"))["version"]
+    champion = gate.gate(settings, candidate(settings, artifacts, "bad"))["version"]
     run_id = candidate(settings, artifacts)
     servers[-1].stop()
     with pytest.raises(Exception):  # noqa: B017  (MlflowException or a connection error: either aborts)
-        registry.register_and_gate(settings, run_id)
+        gate.gate(settings, run_id)
     servers.append(start())
-    assert registry.champion_version(settings) == champion and versions(settings) == [champion]
-    retried = registry.register_and_gate(settings, run_id)  # the Airflow retry, once MLflow is back
+    assert tracking.champion_version(settings) == champion and versions(settings) == [champion]
+    retried = gate.gate(settings, run_id)  # the Airflow retry, once MLflow is back
     assert retried["promoted"] and versions(settings) == [retried["version"], champion]
 
 
@@ -257,16 +258,16 @@ def test_model_commands_list_promote_and_roll_back(settings, artifacts, monkeypa
 
     from ml.cli import app
 
-    first = registry.register_and_gate(settings, candidate(settings, artifacts))["version"]
-    second = registry.register_and_gate(settings, candidate(settings, artifacts, "bad"))["version"]
+    first = gate.gate(settings, candidate(settings, artifacts))["version"]
+    second = gate.gate(settings, candidate(settings, artifacts, "bad"))["version"]
     monkeypatch.setenv("VISIONLOOP_MODEL_NAME", settings.model_name)
     runner = CliRunner()
     listed = runner.invoke(app, ["model", "list"])
     assert listed.exit_code == 0 and "rejected" in listed.output and "champion" in listed.output
     promoted = runner.invoke(app, ["model", "promote", second])
-    assert promoted.exit_code == 0 and registry.champion_version(settings) == second
+    assert promoted.exit_code == 0 and tracking.champion_version(settings) == second
     rolled = runner.invoke(app, ["model", "rollback"])
     assert rolled.exit_code == 0 and f"champion is v{first}" in rolled.output
     missing = runner.invoke(app, ["model", "promote", "999"])
     assert missing.exit_code == 2 and "no version" in missing.output
-    assert registry.rollback(settings) == {"champion": second, "previous_champion": first}
+    assert gate.rollback(settings) == {"champion": second, "previous_champion": first}

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ml.bundle import ServingBundle
+from ml.stages import serving_bundle
 
 pytestmark = pytest.mark.integration
 
 
 def test_champion_bundle_loads_and_classifies(smoke_champion):  # noqa: F811
     settings = smoke_champion.settings
-    bundle = ServingBundle.from_registry(settings)
+    bundle = serving_bundle.load(settings)
     assert bundle.version == smoke_champion.version and bundle.run_id == smoke_champion.run_id
     assert bundle.classes == settings.classes and bundle.dataset_version == smoke_champion.snapshot.version
     assert bundle.detector is not None and bundle.index is not None and bundle.class_histograms is not None
@@ -26,28 +26,27 @@ def test_champion_bundle_loads_and_classifies(smoke_champion):  # noqa: F811
     assert (cached / "bundle" / "bundle.json").is_file() and (cached / "model").is_dir()
     leftovers = list((settings.home / "serving" / "bundles").glob("*/.download-*"))
     assert leftovers == [], "temporary download folders must be cleaned up"
-    again = ServingBundle.from_registry(settings)  # cached bundle dir: no second download
+    again = serving_bundle.load(settings)  # cached bundle dir: no second download
     np.testing.assert_allclose(again.classify(x_val[:2])[0]["probabilities"], results[0]["probabilities"],
                                atol=1e-5)
 
 
 def test_alias_move_swaps_the_bundle_whole(monkeypatch):
     """The follower builds the new bundle first and swaps one reference; a failed load keeps the old one."""
-    import ml.bundle
     from serving.champion import ChampionFollower
 
     old, new = SimpleNamespace(version="1"), SimpleNamespace(version="2")
     worker = SimpleNamespace(bundle=old, metrics=None)
     follower = ChampionFollower(SimpleNamespace(alias_poll_seconds=30.0, bundle_retry_max_s=900.0), worker)
-    monkeypatch.setattr(ml.bundle, "current_champion_version", lambda settings: "2")
-    monkeypatch.setattr(ml.bundle.ServingBundle, "from_registry", classmethod(lambda cls, settings: new))
+    monkeypatch.setattr(serving_bundle, "champion_version", lambda settings: "2")
+    monkeypatch.setattr(serving_bundle, "load", lambda settings: new)
     assert follower.refresh() and worker.bundle is new
 
-    def broken(cls, settings):
+    def broken(settings):
         raise RuntimeError("artifact download failed")
 
-    monkeypatch.setattr(ml.bundle, "current_champion_version", lambda settings: "3")
-    monkeypatch.setattr(ml.bundle.ServingBundle, "from_registry", classmethod(broken))
+    monkeypatch.setattr(serving_bundle, "champion_version", lambda settings: "3")
+    monkeypatch.setattr(serving_bundle, "load", broken)
     assert not follower.refresh() and worker.bundle is new
 
 
@@ -65,7 +64,7 @@ def test_broken_champion_is_refused_and_the_old_one_keeps_serving(smoke_champion
     from serving.champion import ChampionFollower
 
     settings = smoke_champion.settings
-    good = ServingBundle.from_registry(settings)
+    good = serving_bundle.load(settings)
     cached = settings.home / "serving" / "bundles" / smoke_champion.run_id
     bad = tmp_path / "bad"
     shutil.copytree(cached / "bundle", bad / "bundle")

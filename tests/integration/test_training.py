@@ -37,7 +37,7 @@ def test_model_and_bundle_are_logged(smoke_run, tmp_path):  # noqa: F811
     import mlflow
 
     from ml.inference import Predictor
-    from ml.model import load_run_model
+    from ml.stages.tracking import load_run_model
 
     path = mlflow.artifacts.download_artifacts(f"runs:/{smoke_run.run_id}/bundle/bundle.json", dst_path=tmp_path)
     bundle = json.loads(open(path).read())
@@ -45,7 +45,7 @@ def test_model_and_bundle_are_logged(smoke_run, tmp_path):  # noqa: F811
     assert bundle["dataset_version"] == smoke_run.snapshot.version
     assert bundle["arch"] == "airnet" and bundle["image_size"] == 32
     x, y = smoke_run.snapshot.arrays["val"]
-    predictor = Predictor(load_run_model(smoke_run.run_id))
+    predictor = Predictor(load_run_model(smoke_run.settings, smoke_run.run_id))
     assert predictor.tta, "the logged airnet keeps its name, so serving gets flip TTA"
     pred = predictor.predict(x)
     assert pred.embeddings.shape == (len(x), bundle["embedding_dim"])
@@ -53,9 +53,9 @@ def test_model_and_bundle_are_logged(smoke_run, tmp_path):  # noqa: F811
 
 
 def test_evaluate_logs_test_metrics_and_figures(smoke_run):  # noqa: F811
-    from ml.evaluate import evaluate_run
+    from ml.stages.evaluate import evaluate
 
-    result = evaluate_run(smoke_run.settings, smoke_run.run_id)
+    result = evaluate(smoke_run.settings, smoke_run.run_id)
     classes = smoke_run.settings.classes
     assert set(result["test_recall"]) == set(classes)
     x, y = smoke_run.snapshot.arrays["test"]

@@ -25,10 +25,10 @@ def champion(smoke_run, tmp_path):
 def test_fine_tuning_starts_from_the_champions_weights(champion, smoke_run):
     import mlflow
 
-    from ml.train import train_model
+    from ml.stages.train import train
 
     settings, version = champion
-    result = train_model(settings, smoke_run.snapshot.version, profile="smoke", overrides={"init": "champion"})
+    result = train(settings, smoke_run.snapshot.version, profile="smoke", overrides={"init": "champion"})
     run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"])
     assert result["init_used"] == "champion" and run.data.params["init_version"] == version
     # Before the first step the model scores exactly what the champion scored on the same images.
@@ -39,14 +39,14 @@ def test_fine_tuning_starts_from_the_champions_weights(champion, smoke_run):
 def test_a_changed_class_list_trains_from_scratch_and_says_why(champion, tmp_path):
     import mlflow
 
-    from ml.train import train_model
+    from ml.stages.train import train
 
     settings, _ = champion
     snapshot = write_tiny_snapshot(settings, version="renamed01")
     manifest = snapshot.store.get_json(layout.dataset_manifest(snapshot.version))
     manifest["classes"] = [*manifest["classes"][:-1], "reptiles"]
     snapshot.store.put_json(layout.dataset_manifest(snapshot.version), manifest)
-    result = train_model(settings, snapshot.version, profile="smoke", overrides={"init": "champion"})
+    result = train(settings, snapshot.version, profile="smoke", overrides={"init": "champion"})
     params = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"]).data.params
     assert (params["init"], params["init_used"]) == ("champion", "scratch")
     assert "other classes" in params["init_reason"]

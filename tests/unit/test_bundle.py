@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.bundle import ServingBundle, TrainingImages
-from ml.classify_worker import sniff_format
+from ml.answers import sniff_format
+from ml.bundle import ServingBundle
+from ml.stages.snapshots import TrainingImages
 from ml.storage import open_store
 from tests.fixtures.serving import png_bytes, serving_bundle_dir  # noqa: F401  (fixture)
 

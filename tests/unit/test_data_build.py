@@ -1,4 +1,4 @@
-"""build_dataset end to end on tiny folders and feedback: counts, versions, reuse, errors, readers."""
+"""The data stage end to end on tiny folders and feedback: counts, versions, reuse, errors, readers."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import pytest
 from PIL import Image
 
 from ml import layout
-from ml.data import snapshot, steps
+from ml.data import staging
 from ml.data.balance import SPLITS
 from ml.data.base import DataError
-from ml.data.build import build_dataset
 from ml.data.folders import FolderSource
 from ml.data.report import summary
+from ml.data.snapshot import ARRAYS
 from ml.records import FeedbackRecord
-from ml.storage import open_store
+from ml.stages import data, snapshots
+from ml.stages.data import build as build_dataset
+from ml.storage import LocalStore, ObjectNotFound, open_store
 
 SMALL = ("insects",)  # 11 classes keep the trees tiny
 
@@ -43,8 +45,7 @@ def tiny(settings, tmp_path):
 def test_build_balances_and_writes_the_documented_layout(tiny):
     settings, _ = tiny
     result = build_dataset(settings, workers=1)
-    store = open_store(settings)
-    manifest = snapshot.load_manifest(store, result["version"])
+    manifest = snapshots.manifest(settings, result["version"])
     assert result["reused"] is False and result["manifest_key"] == layout.dataset_manifest(result["version"])
     assert manifest["synthetic"]["insects"] == 5 and manifest["synthetic"]["cat"] == 0
     for c in settings.classes:
@@ -52,7 +53,7 @@ def test_build_balances_and_writes_the_documented_layout(tiny):
     held_out = sum(manifest["counts"][s]["insects"] for s in ("val", "test"))
     assert manifest["counts"]["train"]["insects"] == 10 - held_out and manifest["counts"]["corrections"]["insects"] == 0
     assert sum(manifest["ids"].values()) == 105  # every real image once, rotated copies share their origin's id
-    train, val = snapshot.load_split(store, result["version"], "train"), snapshot.load_split(store, result["version"], "val")
+    train, val = snapshots.split_arrays(settings, result["version"], "train"), snapshots.split_arrays(settings, result["version"], "val")
     assert train.x.dtype == np.uint8 and train.x.shape[1:] == (32, 32, 3)
     assert train.y.dtype == np.int64 and train.synthetic.dtype == bool and train.source.dtype == np.int16
     assert train.synthetic.sum() == 5 and not val.synthetic.any()
@@ -76,15 +77,15 @@ def test_new_images_make_a_new_version(tiny):
     write_tree(tree, ("cat",), 11, seed=5)  # overwrites cat/0..9 and adds cat/10
     second = build_dataset(settings, workers=1)
     assert second["version"] != first and not second["reused"]
-    assert [e["version"] for e in snapshot.read_index(open_store(settings))] == [first, second["version"]]
-    assert snapshot.latest_version(open_store(settings)) == second["version"]
+    assert [e["version"] for e in snapshots.index(settings)] == [first, second["version"]]
+    assert snapshots.latest_version(settings) == second["version"]
 
 
 def test_duplicates_are_removed_and_reported(tiny):
     settings, tree = tiny
     shutil.copy(tree / "cat/0.png", tree / "dog/copy-of-cat.png")
     version = build_dataset(settings, workers=1)["version"]
-    manifest = snapshot.load_manifest(open_store(settings), version)
+    manifest = snapshots.manifest(settings, version)
     assert manifest["duplicates"] == 1 and manifest["images_in"] == 106
     assert manifest["counts_by_source"][manifest["sources"][0]["name"]]["dog"] == 10
 
@@ -110,56 +111,55 @@ def test_feedback_images_are_user_images_with_the_users_label(tiny):
     record = FeedbackRecord("gone", "cat", "dog", "1", "2026-01-01T00:00:00Z", "feedback/images/gone.png")
     store.put_bytes(layout.feedback_record("gone"), record.to_json().encode())
     version = build_dataset(settings, sources=[*settings.data_sources, "feedback"], workers=1)["version"]
-    manifest = snapshot.load_manifest(store, version)
+    manifest = snapshots.manifest(settings, version)
     assert manifest["counts_by_source"]["feedback"]["insects"] == 2
     assert manifest["synthetic"]["insects"] == 3  # 5 folder + 2 feedback real images, target 10
     assert manifest["unknown_classes"] == {"dragon": 1}
     assert ["feedback/images/gone.png", "image missing"] in manifest["skipped_examples"]
     kinds = [s["kind"] for s in manifest["sources"]]
-    x = np.concatenate([snapshot.load_split(store, version, s).source for s in SPLITS])
+    x = np.concatenate([snapshots.split_arrays(settings, version, s).source for s in SPLITS])
     assert (x == kinds.index("feedback")).sum() >= 2
-    feedback_ids = np.concatenate([snapshot.load_split(store, version, s).ids for s in SPLITS])
+    feedback_ids = np.concatenate([snapshots.split_arrays(settings, version, s).ids for s in SPLITS])
     assert {i for i in feedback_ids if i.startswith(b"fb:")} == {b"fb:r0", b"fb:r1"}
 
 
 def test_image_ids_read_back_the_stored_pixels(tiny):
     settings, _ = tiny
     version = build_dataset(settings, workers=1)["version"]
-    store = open_store(settings)
-    test = snapshot.load_split(store, version, "test")
-    np.testing.assert_array_equal(snapshot.read_image(store, layout.image_id(version, "test", 3)), test.x[3])
-    assert snapshot.load_split(store, version, "test") is test  # cached for per-request use
+    test = snapshots.split_arrays(settings, version, "test")
+    np.testing.assert_array_equal(snapshots.read_image(settings, layout.image_id(version, "test", 3)), test.x[3])
+    assert snapshots.split_arrays(settings, version, "test") is test  # cached for per-request use
     assert not test.x.flags.writeable
     with pytest.raises(ValueError, match=f"has {len(test)} images"):
-        snapshot.read_image(store, layout.image_id(version, "test", len(test)))
+        snapshots.read_image(settings, layout.image_id(version, "test", len(test)))
 
 
 def test_readers_accept_the_shared_fixture_snapshot(tiny_snapshot):
-    store, version = tiny_snapshot.store, tiny_snapshot.version
+    settings, version = tiny_snapshot.settings, tiny_snapshot.version
     x, y = tiny_snapshot.arrays["val"]
-    np.testing.assert_array_equal(snapshot.load_split(store, version, "val").y, y)
-    np.testing.assert_array_equal(snapshot.read_image(store, f"{version}:val:5"), x[5])
-    assert snapshot.latest_version(store) == version  # found without an index.json
-    table = summary(snapshot.load_manifest(store, version))  # `visionloop data show`, no per-source counts
+    np.testing.assert_array_equal(snapshots.split_arrays(settings, version, "val").y, y)
+    np.testing.assert_array_equal(snapshots.read_image(settings, f"{version}:val:5"), x[5])
+    assert snapshots.latest_version(settings) == version  # found without an index.json
+    table = summary(snapshots.manifest(settings, version))  # `visionloop data show`, no per-source counts
     assert table.splitlines()[-1].split() == ["TOTAL", "0", "312", "104", "104", "520"]
 
 
 def test_dag_steps_build_the_same_snapshot_and_clean_up(tiny, tmp_path):
     settings, _ = tiny
     staged = settings.with_(local_store=tmp_path / "staged")
-    version = steps.fetch(staged)["version"]
-    steps.balance_step(staged, steps.validate(staged, version)["version"])
-    assert steps.write(staged, version)["reused"] is False
+    version = data.fetch(staged)["version"]
+    data.balance(staged, data.validate(staged, version)["version"])
+    assert data.write(staged, version)["reused"] is False
     direct = build_dataset(settings, workers=1)
     assert direct["version"] == version
     for split in SPLITS:
-        a = snapshot.load_split(open_store(staged), version, split)
-        b = snapshot.load_split(open_store(settings), version, split)
+        a = snapshots.split_arrays(staged, version, split)
+        b = snapshots.split_arrays(settings, version, split)
         np.testing.assert_array_equal(a.x, b.x)
         np.testing.assert_array_equal(a.synthetic, b.synthetic)
         np.testing.assert_array_equal(a.ids, b.ids)
-    assert not list(open_store(staged).list(steps.STAGING))
-    assert steps.fetch(staged)["reused"] is True
+    assert not list(open_store(staged).list(staging.STAGING))
+    assert data.fetch(staged)["reused"] is True
 
 
 def test_moving_the_folder_keeps_the_version(tiny, tmp_path):
@@ -173,11 +173,24 @@ def test_moving_the_folder_keeps_the_version(tiny, tmp_path):
 def test_concurrent_first_reads_fetch_a_split_once(tiny_snapshot, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    store, version = tiny_snapshot.store, tiny_snapshot.version
+    settings, version = tiny_snapshot.settings, tiny_snapshot.version
     calls = []
-    original = store.get_array
-    monkeypatch.setattr(store, "get_array", lambda key: calls.append(key) or original(key))
+    original = LocalStore.get_array
+    monkeypatch.setattr(LocalStore, "get_array", lambda store, key: calls.append(key) or original(store, key))
     with ThreadPoolExecutor(4) as pool:
-        images = list(pool.map(lambda i: snapshot.read_image(store, f"{version}:test:{i}"), range(8)))
-    assert len(calls) == len(snapshot.ARRAYS)  # the fixture stores ids.npy too
+        images = list(pool.map(lambda i: snapshots.read_image(settings, f"{version}:test:{i}"), range(8)))
+    assert len(calls) == len(ARRAYS)  # the fixture stores ids.npy too
     np.testing.assert_array_equal(images[7], tiny_snapshot.arrays["test"][0][7])
+
+
+def test_split_reads_only_the_named_arrays_and_fills_in_what_old_snapshots_lack(tiny_snapshot):
+    settings, store, version = tiny_snapshot.settings, tiny_snapshot.store, tiny_snapshot.version
+    store.delete(layout.dataset_array(version, "train", "synthetic"))  # an early snapshot had no mask
+    x, y, synthetic = snapshots.split(settings, version, "train", ("x", "y", "synthetic"))
+    np.testing.assert_array_equal(x, tiny_snapshot.arrays["train"][0])
+    assert synthetic.dtype == bool and len(synthetic) == len(y) and not synthetic.any()
+    assert len(snapshots.split(settings, version, "corrections", ("y",))[0]) == 0  # none held out then
+    with pytest.raises(ObjectNotFound, match="no dataset version 'nope'"):
+        snapshots.manifest(settings, "nope")
+    with pytest.raises(ObjectNotFound, match="has no val split"):
+        snapshots.split(settings, "nope", "val")

@@ -113,17 +113,16 @@ def test_checksum_mismatch_is_an_error_naming_the_file(tmp_path):
 
 
 def test_build_from_both_archives_via_settings_overrides(settings, tmp_path):
-    from ml.data.build import build_dataset
-    from ml.data.snapshot import load_manifest
-    from ml.storage import open_store
+    from ml.stages import snapshots
+    from ml.stages.data import build
 
     md5_10, _, _ = make_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=10)
     md5_100, _ = make_cifar100(tmp_path / "cifar-100-python.tar.gz", n=60)
     extra = {"cifar10_url": (tmp_path / "cifar-10-python.tar.gz").as_uri(), "cifar10_md5": md5_10,
              "cifar100_url": (tmp_path / "cifar-100-python.tar.gz").as_uri(), "cifar100_md5": md5_100}
     settings = settings.with_(data_sources=("cifar10", "cifar100"), class_target=30, **extra)
-    result = build_dataset(settings, workers=1)
-    manifest = load_manifest(open_store(settings), result["version"])
+    result = build(settings, workers=1)
+    manifest = snapshots.manifest(settings, result["version"])
     assert manifest["counts_by_source"]["cifar10"]["cat"] == 6  # one per batch, train and test batches
     assert manifest["counts_by_source"]["cifar100"]["insects"] == 20
     assert manifest["synthetic"]["insects"] == 10 and manifest["synthetic"]["cat"] == 24

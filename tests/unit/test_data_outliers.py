@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from ml import layout
-from ml.data import outliers, snapshot, steps
+from ml.data import outliers, staging
 from ml.data.balance import SPLITS
-from ml.data.build import build_dataset
 from ml.data.report import summary
 from ml.records import NONE_OF_THESE, FeedbackRecord
+from ml.stages import data, snapshots
+from ml.stages.data import build as build_dataset
 from ml.storage import open_store
 from tests.unit.test_data_build import SMALL, write_tree
 
@@ -46,8 +47,8 @@ def test_none_of_these_goes_to_outliers_not_to_any_split(tiny):
     settings, _ = tiny
     version = build_dataset(settings, workers=1)["version"]
     store = open_store(settings)
-    manifest = snapshot.load_manifest(store, version)
-    ids = np.concatenate([snapshot.load_split(store, version, s).ids for s in SPLITS])
+    manifest = snapshots.manifest(settings, version)
+    ids = np.concatenate([snapshots.split_arrays(settings, version, s).ids for s in SPLITS])
     assert {i for i in ids if i.startswith(b"fb:")} == {b"fb:c0"}  # the cat correction only
     assert NONE_OF_THESE not in manifest["unknown_classes"]
     entry = manifest["outliers"]
@@ -71,10 +72,10 @@ def test_version_follows_the_outlier_sources(tiny):
     add_feedback(settings, "n2", NONE_OF_THESE, 4)
     third = build_dataset(settings, workers=1)
     assert len({first, second, third["version"]}) == 3 and not third["reused"]
-    manifest = snapshot.load_manifest(open_store(settings), third["version"])
+    manifest = snapshots.manifest(settings, third["version"])
     assert manifest["outliers"]["counts"] == {"kites": 5, "mugs": 4, outliers.USER_CLASS: 3}
     no_outliers = build_dataset(settings.with_(outlier_sources=(), data_sources=settings.data_sources[:1]), workers=1)
-    assert "outliers" not in snapshot.load_manifest(open_store(settings), no_outliers["version"])
+    assert "outliers" not in snapshots.manifest(settings, no_outliers["version"])
 
 
 def test_dag_steps_store_the_same_outliers(tiny, tmp_path):
@@ -82,31 +83,31 @@ def test_dag_steps_store_the_same_outliers(tiny, tmp_path):
     staged = settings.with_(local_store=tmp_path / "staged")
     for request_id, label, seed in (("n0", NONE_OF_THESE, 1), ("n1", NONE_OF_THESE, 2), ("c0", "cat", 3)):
         add_feedback(staged, request_id, label, seed)
-    version = steps.fetch(staged)["version"]
-    steps.balance_step(staged, steps.validate(staged, version)["version"])
-    steps.write(staged, version)
+    version = data.fetch(staged)["version"]
+    data.balance(staged, data.validate(staged, version)["version"])
+    data.write(staged, version)
     assert build_dataset(settings, workers=1)["version"] == version
     a = outliers.get(open_store(staged), outliers.snapshot_prefix(version))
     b = outliers.get(open_store(settings), outliers.snapshot_prefix(version))
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(a.classes, b.classes)
-    assert not list(open_store(staged).list(steps.STAGING))
+    assert not list(open_store(staged).list(staging.STAGING))
 
 
 def test_read_gives_user_outliers_apart(tiny):
     settings, _ = tiny
     version = build_dataset(settings, workers=1)["version"]
-    store = open_store(settings)
-    found = outliers.read(store, version, snapshot.load_manifest(store, version))
+    found = snapshots.outliers(settings, version)
     assert [s.name for s in found["configured"]] == ["odd"] and len(found["configured"][0]) == 8
     assert [len(s) for s in found["user"]] == [2] and set(found["user"][0].classes) == {outliers.USER_CLASS}
     plain = build_dataset(settings.with_(outlier_sources=(), data_sources=settings.data_sources[:1]), workers=1)
-    assert outliers.read(store, plain["version"], snapshot.load_manifest(store, plain["version"])) is None
+    assert snapshots.outliers(settings, plain["version"]) is None
+    assert snapshots.outliers(settings, "never-built") is None  # arrays without a manifest: no outliers
 
 
 def test_summary_lists_the_outliers(tiny):
     settings, _ = tiny
     version = build_dataset(settings, workers=1)["version"]
-    text = summary(snapshot.load_manifest(open_store(settings), version))
+    text = summary(snapshots.manifest(settings, version))
     assert "outliers: 10 images of 3 classes" in text
     assert f"{outliers.USER_SOURCE}: 2 images of 1 classes" in text and "odd: 8 images of 2 classes" in text

@@ -9,19 +9,19 @@ import numpy as np
 from PIL import Image
 
 from ml import layout
-from ml.data import snapshot
 from ml.data.balance import SPLITS
-from ml.data.build import build_dataset
 from ml.records import FeedbackRecord
+from ml.stages import snapshots
+from ml.stages.data import build as build_dataset
 from ml.storage import open_store
 from tests.unit.test_data_build import SMALL, write_tree
 
 
-def split_of(store, version: str) -> dict[bytes, str]:
+def split_of(settings, version: str) -> dict[bytes, str]:
     """identity -> split for every image of a snapshot (rotated copies share their origin's)."""
     where: dict[bytes, str] = {}
     for split in SPLITS:
-        for identity in snapshot.load_split(store, version, split).ids.tolist():
+        for identity in snapshots.split_arrays(settings, version, split).ids.tolist():
             assert where.setdefault(identity, split) == split, f"{identity!r} is in two splits"
     return where
 
@@ -52,14 +52,14 @@ def test_adding_images_moves_no_image_and_no_test_image_reaches_training(setting
     add_feedback(settings, store, [f"{i:032x}" for i in range(20, 40)], "bird", seed=2)
     second = build_dataset(settings, workers=1)["version"]
     assert second != first
-    before, after = split_of(store, first), split_of(store, second)
+    before, after = split_of(settings, first), split_of(settings, second)
     assert len(after) == len(before) + 15 * len(classes) + 20
     moved = {i: (before[i], after[i]) for i in before if after.get(i) != before[i]}
     assert not moved, f"{len(moved)} images changed split, e.g. {next(iter(moved.items()))}"
     held_out_before = {i for i, s in before.items() if s in ("test", "corrections")}
     training_after = {i for i, s in after.items() if s == "train"}
     assert not held_out_before & training_after
-    manifest = snapshot.load_manifest(store, second)
+    manifest = snapshots.manifest(settings, second)
     assert manifest["parameters"]["pipeline"] == 2
     assert manifest["ids"] == {s: sum(1 for v in after.values() if v == s) for s in SPLITS}
 
@@ -71,20 +71,20 @@ def test_corrections_never_enter_validation_or_test(settings, tmp_path):
     store = open_store(settings)
     add_feedback(settings, store, [f"{i:032x}" for i in range(40)], "cat", seed=3)
     version = build_dataset(settings, workers=1)["version"]
-    where = split_of(store, version)
+    where = split_of(settings, version)
     feedback = {i: s for i, s in where.items() if i.startswith(b"fb:")}
     assert len(feedback) == 40 and set(feedback.values()) == {"train", "corrections"}
-    corrections = snapshot.load_split(store, version, "corrections")
+    corrections = snapshots.split_arrays(settings, version, "corrections")
     assert (corrections.y == settings.classes.index("cat")).all() and not corrections.synthetic.any()
-    assert snapshot.load_manifest(store, version)["counts"]["corrections"]["cat"] == len(corrections)
+    assert snapshots.manifest(settings, version)["counts"]["corrections"]["cat"] == len(corrections)
 
 
 def test_a_snapshot_from_before_stable_splits_reads_with_content_ids(tiny_snapshot):
-    store, version = tiny_snapshot.store, tiny_snapshot.version
+    settings, store, version = tiny_snapshot.settings, tiny_snapshot.store, tiny_snapshot.version
     for split in layout.SPLITS:
         store.delete(layout.dataset_array(version, split, "ids"))
-    snapshot._cache.clear()
-    test = snapshot.load_split(store, version, "test")
+    snapshots._cache.clear()
+    test = snapshots.split_arrays(settings, version, "test")
     expected = [hashlib.sha256(img.tobytes()).hexdigest().encode() for img in test.x]
     assert test.ids.tolist() == expected
-    assert len(snapshot.load_split(store, version, "corrections")) == 0
+    assert len(snapshots.split_arrays(settings, version, "corrections")) == 0

@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ml import layout
-from ml.monitoring import drift, reference, synthetic
+from ml.monitoring import synthetic
+from ml.monitoring.reference import ReferenceMissing
+from ml.stages import drift
+from ml.stages.reference import load_for_version
 from ml.storage import open_store
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -30,8 +33,8 @@ def ship(settings, n: int, version: str, seed: int, when: datetime) -> None:
 
 @pytest.mark.parametrize("version", ["dir:/srv/bundle", "../../etc", ""])
 def test_a_version_that_is_no_registry_version_has_no_pack(known, version):
-    with pytest.raises(reference.ReferenceMissing):
-        reference.load_for_version(known, version)
+    with pytest.raises(ReferenceMissing):
+        load_for_version(known, version)
 
 
 def test_unknown_version_is_skipped_and_counted_while_the_known_one_is_tested(known):
@@ -61,5 +64,5 @@ def test_a_down_mlflow_is_an_error_not_a_skip(known, monkeypatch):
     ship(known, 60, "5", seed=5, when=T0)
     with pytest.raises(Exception) as error:
         drift.run_window(known, now=T0 + timedelta(hours=1), log_to_mlflow=False)
-    assert not isinstance(error.value, reference.ReferenceMissing)
+    assert not isinstance(error.value, ReferenceMissing)
     assert not open_store(known).exists(layout.WATERMARK)

@@ -56,7 +56,7 @@ def test_fine_tuning_runs_a_shorter_schedule_at_a_lower_rate():
 
 
 def test_feedback_weight_and_init_come_from_settings_unless_overridden(settings):
-    from ml.train import resolve_hparams
+    from ml.stages.train import resolve_hparams
 
     assert resolve_hparams(settings, "smoke", None, None).init == "scratch"
     configured = settings.with_(train_init="champion", feedback_weight=7)
@@ -66,6 +66,21 @@ def test_feedback_weight_and_init_come_from_settings_unless_overridden(settings)
     assert parse_overrides(["init=champion", "feedback_weight=5"]) == {"init": "champion", "feedback_weight": 5}
 
 
+def test_outlier_exposure_is_a_typed_switch_and_a_bad_value_is_refused():
+    import numpy as np
+
+    from ml.outlier_exposure import active, outlier_batch_size
+
+    assert parse_overrides(["outlier_exposure_weight=0.5", "outlier_batch_ratio=0.5"]) == {
+        "outlier_exposure_weight": 0.5, "outlier_batch_ratio": 0.5}
+    outliers = np.zeros((3, 32, 32, 3), np.uint8)
+    assert not active(get_profile("smoke").with_(outlier_exposure_weight=0.0), outliers)
+    on = get_profile("standard").with_(outlier_exposure_weight=0.5, outlier_batch_ratio=0.25)
+    assert active(on, outliers) and not active(on, None) and outlier_batch_size(on) == 256
+    with pytest.raises(ValueError, match="outlier_exposure_weight >= 0"):
+        active(on.with_(outlier_exposure_weight=-1.0), outliers)
+
+
 def test_an_unknown_init_is_refused_with_the_choices(settings):
     import numpy as np
 
@@ -73,4 +88,4 @@ def test_an_unknown_init_is_refused_with_the_choices(settings):
 
     hp = get_profile("smoke").with_(init="pretrained")
     with pytest.raises(ValueError, match="scratch, champion"):
-        initial_model(settings, hp, list(settings.classes), np.zeros((4, 32, 32, 3), np.uint8))
+        initial_model(hp, list(settings.classes), np.zeros((4, 32, 32, 3), np.uint8))

@@ -122,3 +122,42 @@ def test_unreachable_minio_names_the_endpoint(tmp_path):
         launcher.up(settings, say=lambda _: None)
     assert time.monotonic() - started < 60
     assert not any((tmp_path / "home" / "run").glob("*.pid"))
+
+
+def test_follower_polls_six_times_less_while_a_model_trains(monkeypatch, tmp_path):
+    """Each poll costs the API server and MLflow CPU the training competes for (bench/train.py --in-platform)."""
+    from types import SimpleNamespace
+
+    from ml.platform import first_run, mlflow_api
+    from tests.unit.test_platform_pipeline import T1, T2, ScriptedAirflow, run
+
+    def training(task: str) -> dict:
+        return {"dataset_build": [run("d1", "success", end=T1)],
+                "training_pipeline": [run("t1", "running", queued=T2, tasks=[{"task_id": task, "state": "running"}])]}
+
+    building = {"dataset_build": [run("d1", "running", tasks=[{"task_id": "build", "state": "running"}])]}
+    client = ScriptedAirflow([building, building, training("train"), training("train"), training("evaluate")])
+    sleeps: list[float] = []
+    monkeypatch.setattr(first_run, "time", SimpleNamespace(monotonic=time.monotonic, strftime=time.strftime,
+                                                           sleep=sleeps.append))
+    monkeypatch.setattr(mlflow_api, "latest_run", lambda *a: None)
+
+    def champion(*_):
+        client.step += 1
+        return "1" if client.step >= 5 else None
+
+    monkeypatch.setattr(mlflow_api, "champion_version", champion)
+    watch = first_run.Watch(client, Settings.from_env(home=tmp_path / "home"), "http://mlflow", lambda _: None)
+    assert first_run.follow(watch, timeout_s=60) == "1"
+    assert sleeps == [first_run.POLL_S, 6 * first_run.POLL_S, 6 * first_run.POLL_S, first_run.POLL_S]
+
+
+def test_airflow_runs_quieter_but_the_user_setting_wins(tmp_path, monkeypatch):
+    from ml.platform import components
+
+    settings = Settings.from_env(home=tmp_path / "home")
+    env = components.airflow_env(settings)
+    assert env["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == "30"
+    assert env["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "120"
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "10")
+    assert components.airflow_env(settings)["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "10"

@@ -6,6 +6,7 @@ import json
 from datetime import UTC
 
 import numpy as np
+import pytest
 
 from ml import layout
 from ml.records import FeedbackRecord, RequestRecord, decode_embedding, encode_embedding
@@ -52,3 +53,34 @@ def test_image_ids_round_trip_and_reject_garbage():
     for bad in ("abc", "abc:nope:1", "abc:train:-1", "a:train:x"):
         with pytest.raises(ValueError):
             layout.parse_image_id(bad)
+
+
+def test_new_request_ids_are_time_ordered_hex_and_unique():
+    from ml.records import REQUEST_ID_RE, new_request_id
+
+    t0 = 1_796_000_000.0  # 2026-11-30
+    ids = [new_request_id(now=t0 + (step + 0.5) / 1000) for step in (0, 1, 2, 1000, 3_600_000) for _ in range(5)]
+    groups = [ids[i:i + 5] for i in range(0, len(ids), 5)]  # 5 ids per millisecond
+    assert all(max(a) < min(b) for a, b in zip(groups[:-1], groups[1:], strict=True))  # later ms sorts after
+    assert all(REQUEST_ID_RE.match(i) for i in ids)
+    same_ms = {new_request_id(now=t0) for _ in range(2000)}
+    assert len(same_ms) == 2000  # 80 random bits: no collision within one millisecond
+    assert len({i[12:] for i in same_ms}) == 2000 and len({i[:12] for i in same_ms}) == 1
+
+
+def test_request_id_age_reads_the_creation_time_back():
+    import random
+    import uuid
+
+    from ml.records import new_request_id, request_id_age_s
+
+    t0 = 1_796_000_000.0
+    made = new_request_id(now=t0)
+    assert request_id_age_s(made, now=t0 + 12.5) == pytest.approx(12.5, abs=0.002)
+    assert request_id_age_s(made, now=t0 - 2.0) == pytest.approx(-2.0, abs=0.002)  # a clock ahead of ours
+    assert 0 <= request_id_age_s(new_request_id()) < 5
+    for no_time in ("", "xyz", "F" * 32, "0" * 32, "f" * 32, made[:-1], made + "0", None):
+        assert request_id_age_s(no_time) is None, no_time
+    rng = random.Random(0)
+    legacy = [uuid.UUID(int=rng.getrandbits(128), version=4).hex for _ in range(500)]  # the old uuid4 ids
+    assert sum(request_id_age_s(i) is not None for i in legacy) <= 2  # random times: rarely 2024..tomorrow

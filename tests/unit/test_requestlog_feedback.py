@@ -100,3 +100,42 @@ def test_feedback_for_an_unknown_id_while_the_store_is_down_is_unavailable_not_u
     store.get_bytes = down
     with pytest.raises(SpoolUnavailable, match="object store"):
         rlog.log_feedback(make_record().request_id, "cat")
+
+
+def test_a_young_unshipped_request_is_retry_later_and_an_old_one_unknown(settings, store):
+    """Sent to a replica before the one that answered has shipped it: 503 + Retry-After, not a final 404."""
+    import time
+    import uuid
+
+    from ml.records import new_request_id
+    from ml.requestlog.core import shipping_window_s
+
+    settings = settings.with_(request_log_interval_s=2.0, serve_workers=1)
+    window = shipping_window_s(2.0)
+    assert window == 2.0 + 1.0 + 20.0 + 5.0  # interval + ship-loop tick + two 10 s backoffs + clock skew
+    rlog = RequestLog(settings, store)
+    now = time.time()
+    for age in (0.0, 3.0, window - 2):
+        with pytest.raises(SpoolUnavailable, match="may still be shipping") as info:
+            rlog.log_feedback(new_request_id(now=now - age), "cat")
+        assert 1 <= info.value.retry_after_s <= 3  # about one ship interval, never past the window
+    for never in (new_request_id(now=now - window - 2), new_request_id(now=now - 86400), uuid.uuid4().hex):
+        with pytest.raises(UnknownRequest):
+            rlog.log_feedback(never, "cat")
+    assert rlog.backlog() == 0  # nothing spooled for a request nobody knows
+
+
+def test_a_young_request_is_found_once_its_worker_has_shipped_it(settings, store, tmp_path):
+    from ml.records import new_request_id
+
+    served = RequestLog(settings, store, spool_dir=tmp_path / "replica-a")
+    rec = make_record(label="ship")
+    rec.request_id = new_request_id()
+    served.log_request(rec, b"bytes-of-a", "png")
+    elsewhere = RequestLog(settings, store, spool_dir=tmp_path / "replica-b")
+    with pytest.raises(SpoolUnavailable):
+        elsewhere.log_feedback(rec.request_id, "cat")
+    assert served.flush()
+    assert elsewhere.log_feedback(rec.request_id, "cat").predicted_label == "ship"
+    assert elsewhere.flush()
+    assert store.get_bytes(stored_feedback(store, rec.request_id).image_key) == b"bytes-of-a"

@@ -27,8 +27,8 @@ def test_token_bucket_forgets_the_oldest_clients_beyond_its_size():
 
 
 def test_broken_champion_is_retried_with_backoff_and_the_old_one_keeps_serving(monkeypatch):
-    import ml.bundle
     from ml.bundle import BundleRejected
+    from ml.stages import serving_bundle
     from serving.champion import ChampionFollower
 
     old = SimpleNamespace(version="1")
@@ -36,7 +36,7 @@ def test_broken_champion_is_retried_with_backoff_and_the_old_one_keeps_serving(m
     worker = SimpleNamespace(bundle=old, metrics=None)
     settings = SimpleNamespace(alias_poll_seconds=30.0, bundle_retry_max_s=300.0)
     follower = ChampionFollower(settings, worker)
-    monkeypatch.setattr(ml.bundle, "current_champion_version", lambda s: "2")
+    monkeypatch.setattr(serving_bundle, "champion_version", lambda s: "2")
 
     def broken():
         counter.n += 1
@@ -50,3 +50,11 @@ def test_broken_champion_is_retried_with_backoff_and_the_old_one_keeps_serving(m
     new = SimpleNamespace(version="2")
     monkeypatch.setattr(follower, "_load", lambda: new)
     assert follower.refresh(now=1e6) and worker.bundle is new and "2" not in follower.failures
+
+
+@pytest.mark.parametrize("env", [{"VISIONLOOP_SERVE_BATCHING": "celery"}, {"VISIONLOOP_SERVE_THREADS": "0"}])
+def test_serving_settings_refuse_values_the_service_cannot_run(env):
+    from ml.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        Settings.from_env(env=env)

@@ -1,7 +1,8 @@
-"""The request path of the service: decode, batch concurrent requests into one model call, log, answer.
+"""The service's request path: decode, batch concurrent requests into one model call, log, answer.
 
 The service (serving/service.py) only parses HTTP; everything between the upload
-bytes and the JSON answer happens here, with the ML work in `ServingBundle.classify`.
+bytes and the JSON answer happens here, with the ML work in `ServingBundle.classify`
+and the answer's shape in `ml.answers`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ from typing import Any
 import numpy as np
 
 from ml import imaging
-from ml.bundle import ServingBundle, TrainingImages
+from ml.answers import answer_body, decode_refusal, error_body, sniff_format
+from ml.bundle import ServingBundle
 
 log = logging.getLogger(__name__)
-
-# -- serving runtime: decode, coalesce concurrent requests into one classify call, log, answer ----
-
-OOD_MESSAGE = "Sorry, your image label is not in our training set"
-_MAGIC = ((b"\x89PNG", "PNG", "png"), (b"\xff\xd8", "JPEG", "jpg"), (b"GIF8", "GIF", "gif"),
-          (b"BM", "BMP", "bmp"), (b"II*\x00", "TIFF", "tiff"), (b"MM\x00*", "TIFF", "tiff"))
 
 
 @dataclass
@@ -32,42 +28,6 @@ class Outcome:
     status: int
     body: bytes
     headers: dict[str, str] | None = None
-
-
-def error_body(reason: str) -> bytes:
-    return json.dumps({"error": reason}).encode()
-
-
-def sniff_format(data: bytes) -> tuple[str, str]:
-    """(PIL format name, file extension) from the magic bytes; the spool stores the original bytes."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP", "webp"
-    for magic, name, ext in _MAGIC:
-        if data.startswith(magic):
-            return name, ext
-    return "UNKNOWN", "bin"
-
-
-def decode_refusal(exc: Exception) -> tuple[int, str]:
-    """The HTTP status and reason for an upload `imaging.prepare` could not turn into an input."""
-    if isinstance(exc, imaging.ImageTooLarge):
-        return 413, f"image has too many pixels: {exc}"
-    if isinstance(exc, imaging.UnsupportedFormat):
-        return 415, str(exc)
-    if isinstance(exc, imaging.ImageDecodeError):
-        return 422, str(exc)
-    log.exception("could not decode an upload")
-    return 422, f"not a readable image: {type(exc).__name__}"
-
-
-def answer_body(bundle: ServingBundle, res: dict) -> dict:
-    """The model's part of a `/classify` answer (the pyfunc returns exactly this)."""
-    return {"label": res["label"], "confidence": res["confidence"],
-            "probabilities": dict(zip(bundle.classes, res["probabilities"], strict=True)),
-            "is_ood": res["is_ood"], "ood_score": round(res["ood_score"], 6),
-            "ood_threshold": round(res["ood_threshold"], 6),
-            "message": OOD_MESSAGE if res["is_ood"] else f"This looks like a {res['label']}.",
-            "similar": res["similar"]}
 
 
 class ServingMetrics:
@@ -102,30 +62,37 @@ class ServingMetrics:
 
 
 class ClassifyWorker:
-    """One thread that drains waiting requests and classifies them in one batch (adaptive batching)."""
+    """Threads that each drain the waiting requests and classify them in one batch (adaptive batching).
+
+    With two threads one runs the forward pass (it releases the GIL) while the other decodes,
+    searches similar images and answers the batch before it, so both cores work.
+    """
 
     def __init__(self, requestlog: Any, max_bytes: int, max_batch: int = 64, max_pixels: int | None = None,
-                 formats: tuple[str, ...] = imaging.SERVING_FORMATS):
+                 formats: tuple[str, ...] = imaging.SERVING_FORMATS, threads: int = 1):
         import queue
 
         self.requestlog, self.max_bytes, self.max_batch = requestlog, max_bytes, max_batch
-        self.max_pixels, self.formats = max_pixels, formats
+        self.max_pixels, self.formats, self.n_threads = max_pixels, formats, max(1, threads)
         self.bundle: ServingBundle | None = None  # swapped whole by the alias poller
         self.metrics = ServingMetrics()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pngs: dict[str, bytes] = {}
-        self._thread: Any = None
+        self._threads: list[Any] = []
 
     def start(self) -> None:
         import threading
 
-        self._thread = threading.Thread(target=self._run, name="classify", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"classify-{i}", daemon=True)
+                         for i in range(self.n_threads)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(10)
+        for _ in self._threads:
+            self._queue.put(None)  # one stop mark per thread
+        for thread in self._threads:
+            thread.join(10)
 
     async def submit(self, data: bytes, loop: Any) -> Outcome:
         future = loop.create_future()
@@ -133,26 +100,36 @@ class ClassifyWorker:
         return await future
 
     def _run(self) -> None:
-        import queue
-
-        while (item := self._queue.get()) is not None:
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = batch[-1] is None
-            batch = [b for b in batch if b is not None]
-            try:
-                outcomes = self.process([b[0] for b in batch])
-            except Exception:  # a bug must fail these requests, never the service
-                log.exception("classification failed")
-                outcomes = [Outcome(500, error_body("internal error while classifying"))] * len(batch)
+        while (batch := self._drain()) is not None:
+            outcomes = self.process_safely([b[0] for b in batch])
             for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
                 loop.call_soon_threadsafe(_resolve, future, outcome)
-            if stop:
+
+    def _drain(self) -> list | None:
+        """The waiting requests (at least one, at most max_batch); None once this thread's stop mark came."""
+        import queue
+
+        batch = [self._queue.get()]
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
                 break
+        stops = sum(item is None for item in batch)
+        for _ in range(stops - 1):
+            self._queue.put(None)  # the other threads' stop marks
+        batch = [item for item in batch if item is not None]
+        if stops and batch:
+            self._queue.put(None)  # answer these first, stop on the next drain
+        return None if stops and not batch else batch
+
+    def process_safely(self, blobs: list[bytes]) -> list[Outcome]:
+        """`process`, with a bug answered 500 for these requests instead of failing the service."""
+        try:
+            return self.process(blobs)
+        except Exception:
+            log.exception("classification failed")
+            return [Outcome(500, error_body("internal error while classifying"))] * len(blobs)
 
     def process(self, blobs: list[bytes]) -> list[Outcome]:
         """Decode each upload, classify the readable ones in one call, log and answer each on its own."""
@@ -218,12 +195,11 @@ class ClassifyWorker:
     def _answer(self, bundle: ServingBundle, data: bytes, prep: imaging.Prepared, res: dict, start: float) -> Outcome:
         """Spool the request record and build the response body."""
         import time
-        import uuid
 
-        from ml.records import RequestRecord, utc_now_iso
+        from ml.records import RequestRecord, new_request_id, utc_now_iso
 
         fmt, ext = sniff_format(data)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()  # time-ordered: ids sort by arrival
         record = RequestRecord(
             request_id=request_id, created_at=utc_now_iso(), model_version=bundle.version,
             label=res["label"], class_id=res["class_id"], confidence=res["confidence"],
@@ -240,7 +216,7 @@ class ClassifyWorker:
                 "imagenet": bundle.suggest_imagenet(prep.preview)}
         return Outcome(200, json.dumps(body, separators=(",", ":")).encode())
 
-    def training_png(self, images: TrainingImages, image_id: str) -> bytes:
+    def training_png(self, images: Any, image_id: str) -> bytes:
         """A training image upscaled to 128x128 PNG; cached, the index points at few distinct images."""
         if image_id not in self._pngs:
             import io

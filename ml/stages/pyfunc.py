@@ -1,8 +1,8 @@
 """The registered model's pyfunc: the service's `/classify` answer from `mlflow.pyfunc.load_model`.
 
-`VisionLoopModel` loads the run's Keras `model` and its `bundle/` into a `ServingBundle`
-and calls the same `classify` the service calls, so labels, flip-TTA probabilities and
-the OOD verdict agree with `POST /classify`. Input (the signature): a pandas DataFrame
+`VisionLoopModel` (logged and registered by the gate stage, `ml.stages.gate`) loads the run's
+Keras `model` and its `bundle/` into a `ServingBundle` and calls the same `classify` the service
+calls, so labels, flip-TTA probabilities and the OOD verdict agree with `POST /classify`. Input (the signature): a pandas DataFrame
 with a binary column `image`, one encoded image per row, or `{"image": [bytes, ...]}`
 (base64 strings in `mlflow models serve` JSON). Output: one dict per image with the
 `/classify` fields less request_id, model_version and imagenet; an unreadable image gets
@@ -20,12 +20,15 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from ml.config import Settings
+
 log = logging.getLogger(__name__)
 ARTIFACT = "pyfunc"  # name of the logged model in the run (the gate registers it)
-REPO = Path(__file__).resolve().parents[1]
-# The ml/ files `ServingBundle.from_dir(..., imagenet=False)` and `classify` import: the pyfunc's code_paths.
-CODE = ("__init__.py", "pyfunc_model.py", "bundle.py", "classify_worker.py", "config.py", "imaging.py",
-        "inference.py", "layout.py", "model.py", "similarity.py", "ood", "monitoring/__init__.py",
+REPO = Path(__file__).resolve().parents[2]
+# The ml/ files this module, `ServingBundle.from_dir(..., imagenet=False)`, `classify` and `ml.answers`
+# import: the pyfunc's code_paths.
+CODE = ("__init__.py", "stages/__init__.py", "stages/pyfunc.py", "answers.py", "bundle.py", "config.py",
+        "imaging.py", "inference.py", "model.py", "similarity.py", "ood", "monitoring/__init__.py",
         "monitoring/reference.py", "runtime.py")
 # Distributions the loaded pyfunc imports; versions come from uv.lock, platform markers from pyproject.toml.
 RUNTIME = ("mlflow", "keras", "tensorflow-cpu", "numpy", "pandas", "pillow", "scikit-learn", "scipy",
@@ -73,8 +76,7 @@ def classify_bytes(bundle: Any, blobs: list[bytes], max_pixels: int | None = Non
     import numpy as np
 
     from ml import imaging
-    from ml.classify_worker import answer_body, decode_refusal
-    from ml.config import Settings
+    from ml.answers import answer_body, decode_refusal
 
     max_pixels = max_pixels or Settings.from_env().max_image_pixels  # the service's limit
     answers: list[dict | None] = [None] * len(blobs)
@@ -92,26 +94,26 @@ def classify_bytes(bundle: Any, blobs: list[bytes], max_pixels: int | None = Non
     return answers  # type: ignore[return-value]
 
 
-def log_pyfunc(run_id: str, tracking_uri: str | None = None, model_dir: str | Path | None = None,
+def log_pyfunc(settings: Settings, run_id: str, model_dir: str | Path | None = None,
                bundle_dir: str | Path | None = None) -> str:
     """Log `VisionLoopModel` into the run as `pyfunc` (its `model` and `bundle` as artifacts); its models:/ URI.
 
-    Call it once the bundle is complete (after OOD fitting and the reference pack): the pyfunc
-    holds a copy. model_dir/bundle_dir: local copies already downloaded (the gate has them);
-    without them the run's artifacts are downloaded. A run that has one already keeps it.
+    Call it once the bundle is complete (after OOD fitting, the bundle and the reference pack):
+    the pyfunc holds a copy. model_dir/bundle_dir: local copies already downloaded (the gate has
+    them); without them the run's artifacts are downloaded. A run that has one already keeps it.
     """
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    from ml.stages import tracking
+
+    tracking.client(settings)
     existing = logged_pyfunc(run_id)
     if existing:
         return existing
     with tempfile.TemporaryDirectory(prefix="visionloop-pyfunc-") as tmp:
         artifacts = {}
         for name, local in (("model", model_dir), ("bundle", bundle_dir)):
-            artifacts[name] = str(local) if local else mlflow.artifacts.download_artifacts(
-                f"runs:/{run_id}/{name}", dst_path=str(Path(tmp) / "download"))
+            artifacts[name] = str(local or tracking.download(settings, run_id, name, Path(tmp) / "download"))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name=ARTIFACT, python_model=VisionLoopModel(), artifacts=artifacts,
                                            code_paths=[str(stage_code(Path(tmp) / "code"))],
