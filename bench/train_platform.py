@@ -309,6 +309,29 @@ def task_facts(home: Path) -> dict:
     return thread_facts(best[1]) if best else {}
 
 
+def retried(call, tries: int = 6, wait_s: float = 5.0):
+    """SQLite-backed Airflow answers 500 while the scheduler recovers the previous round's run."""
+    from ml.platform.airflow_api import AirflowApiError
+
+    for attempt in range(tries):
+        try:
+            return call()
+        except AirflowApiError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(wait_s)
+
+
+def start_training(client, version: str, profile: str) -> dict:
+    """Unpause, fail the previous round's run (stopped mid-pipeline), trigger a new one."""
+    client.unpause("training_pipeline")
+    for stale in client.runs("training_pipeline"):
+        if stale.get("state") in ("queued", "running"):
+            client.request("PATCH", f"/api/v2/dags/training_pipeline/dagRuns/{stale['dag_run_id']}",
+                           json={"state": "failed"})
+    return client.trigger("training_pipeline", {"dataset_version": version, "profile": profile})
+
+
 def run_in_platform(home: Path, store: Path, version: str, profile: str, sampler: Sampler,
                     serving: bool) -> dict:
     """(b): up, trigger training_pipeline, follow it until the train task logged images_per_s, down."""
@@ -338,13 +361,8 @@ def run_in_platform(home: Path, store: Path, version: str, profile: str, sampler
         client = AirflowClient(airflow_url(settings), "admin", airflow_password(settings) or "")
         if client.wait_for_dags(("training_pipeline",), 300):
             raise RuntimeError("training_pipeline not parsed within 300 s")
-        client.unpause("training_pipeline")
-        for stale in client.runs("training_pipeline"):  # the previous round's run, stopped mid-pipeline
-            if stale.get("state") in ("queued", "running"):
-                client.request("PATCH", f"/api/v2/dags/training_pipeline/dagRuns/{stale['dag_run_id']}",
-                               json={"state": "failed"})
-        since = time.time()
-        dag_run = client.trigger("training_pipeline", {"dataset_version": version, "profile": profile})
+        dag_run = retried(lambda: start_training(client, version, profile))
+        since = time.time() - 1
         run, facts = follow_training(client, settings, mlflow_uri(settings), dag_run["dag_run_id"], since, say)
         metrics = {m["key"]: m for m in run["data"]["metrics"]}
         t0, t1 = run["info"]["start_time"] / 1000, metrics["images_per_s"]["timestamp"] / 1000

@@ -52,8 +52,13 @@ class HParams:
     # shifted, clean 0.355 -> 0.300) though it served the new model sooner (0.9 vs 2.0 min).
     init: str = "scratch"
     # Outlier exposure (Hendrycks et al. 2019): outlier images of the snapshot's OOD fit group join
-    # each batch with a uniform target, adding weight * CE(uniform, softmax) to the loss (0 = off).
-    outlier_exposure_weight: float = 0.0
+    # each batch with a uniform target, adding weight * CE(uniform, softmax) to the loss (0 = off;
+    # a snapshot without outliers trains without it). bench/ood.py --compare-oe 0,0.5 (standard,
+    # 5 epochs, 9,750 shared train images, same seed, twice): val accuracy 0.6726 -> 0.6720 and
+    # 0.6591 -> 0.6658 (run-to-run noise ~1 point); default detector's held-out AUROC 0.954 -> 0.962,
+    # caught at 5 % ID reject 0.66 -> 0.75; MSP 0.49 -> 0.89, energy 0.55 -> 0.94; Mahalanobis
+    # 0.69 -> 0.37. Costs a quarter more images per step.
+    outlier_exposure_weight: float = 0.5
     outlier_batch_ratio: float = 0.25  # outlier images per in-distribution image in a batch
     seed: int = 1337
 

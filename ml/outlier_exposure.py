@@ -49,7 +49,7 @@ def active(hp: HParams, outliers: np.ndarray | None) -> bool:
         raise ValueError(f"outlier exposure needs outlier_exposure_weight >= 0 and outlier_batch_ratio > 0, got "
                          f"{hp.outlier_exposure_weight} and {hp.outlier_batch_ratio}")
     if hp.outlier_exposure_weight > 0 and (outliers is None or not len(outliers)):
-        log.warning("outlier_exposure_weight=%s but no outlier images (no outlier source in the snapshot): "
+        log.info("outlier_exposure_weight=%s but no outlier images (no outlier source in the snapshot): "
                     "training without outlier exposure", hp.outlier_exposure_weight)
     return hp.outlier_exposure_weight > 0 and outliers is not None and len(outliers) > 0
 
