@@ -1,9 +1,9 @@
 """VisionLoop's HTTP service: the champion model behind /classify, feedback, similar images and the page.
 
 One `@bentoml.service` class. The FastAPI routes (mounted with `@bentoml.asgi_app`)
-give precise status codes and JSON reasons for bad input; `/classify_batch` is a
-BentoML batchable API (adaptive batching). Concurrent `/classify` requests are batched
-by `serving.worker.ClassifyWorker`'s thread, which kept lone requests fast where BentoML's
+give precise status codes and JSON reasons for bad input; `/classify_batch` classifies
+the images of one request in one model call. Concurrent `/classify` requests are batched
+by `serving.worker.ClassifyWorker`'s threads, which kept lone requests fast where BentoML's
 adaptive batching (VISIONLOOP_SERVE_BATCHING=bentoml, kept for bench/serve.py's comparison)
 made them wait after a burst. All ML work is `ServingBundle.classify`; preprocessing is
 `ml.imaging`. Run: `bentoml serve serving.service:VisionLoop`.
@@ -251,7 +251,9 @@ class VisionLoop:
             return _json(503, error_body(f"object store unavailable: {exc}"))
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 
-    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=1000)
+    # Not `batchable`: one batching path. A client's list is already a batch, and concurrent
+    # /classify requests are batched by the worker's threads (bench/serve.py compared the two).
+    @bentoml.api
     def classify_batch(self, images: list[Path]) -> list[BatchItemOut]:
         """Classify many images (multipart field `images`, repeated); a bad one gets an error item with its status."""
         if self.worker.bundle is None:
