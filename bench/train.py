@@ -11,7 +11,7 @@ platform's `training_pipeline` (bench/train_platform.py) and prints
 
 Builds (or reuses) the snapshot from ../shared/datasets with `ml.data.build`
 in a bench home (.visionloop/bench), trains each arch through
-`ml.train.train_model` against a local SQLite MLflow store, and prints one JSON
+`ml.stages.train.train` against a local SQLite MLflow store, and prints one JSON
 line last: {"results": [{"arch", "profile", "val_accuracy", "train_seconds",
 "images_per_s", "flops_per_image", "gflops_per_s", ...}], ...}. Training FLOPs
 are counted as 3x the forward FLOPs (forward + two backward matmuls).
@@ -63,7 +63,7 @@ def prepare_env(home: Path) -> None:
 
 def snapshot_version(settings) -> str:
     """Build the 13-class snapshot from the shared archives, or reuse it when the inputs are unchanged."""
-    from ml.data.build import build_dataset
+    from ml.stages.data import build as build_dataset
 
     started = time.perf_counter()
     result = build_dataset(settings)

@@ -77,7 +77,8 @@ class Sampler:
                 pgid = os.getpgid(info["pid"])
             except OSError:
                 continue
-            procs[info["pid"]] = {"cpu": info["cpu_times"].user + info["cpu_times"].system,
+            times = info["cpu_times"]  # + reaped children: short-lived ones (DAG parsing, `uv`) count too
+            procs[info["pid"]] = {"cpu": times.user + times.system + times.children_user + times.children_system,
                                   "cmd": " ".join(info["cmdline"] or [])[:160], "pgid": pgid,
                                   "created": info["create_time"], "nice": info["nice"], "ppid": info["ppid"],
                                   "threads": info["num_threads"]}

@@ -20,9 +20,13 @@ from ml.platform.components import (
     mlflow_component,
     mlflow_uri,
 )
-from ml.platform.processes import Component, PlatformError, ProcessManager, probe
+from ml.platform.processes import Component, PlatformError, ProcessManager, probe, renice
 
 Say = Callable[[str], None]
+# `airflow standalone`'s parts that never run tasks (LocalExecutor forks tasks from the scheduler).
+AIRFLOW_BACKGROUND = ("airflow standalone", "airflow api_server", "airflow api-server", "airflow dag-processor",
+                      "airflow triggerer", "airflow serve-logs")
+BACKGROUND_NICE = 10
 # Start order; `down` stops in reverse (workers before the scheduler, everything before MLflow).
 ORDER = ("mlflow", "airflow", *services.AIRFLOW_PARTS, "airflow-worker", "bentoml")
 
@@ -90,6 +94,19 @@ def airflow_components(settings: Settings) -> list[Component]:
     return [airflow_component(settings)]
 
 
+def quiet_background(manager: ProcessManager) -> None:
+    """Nice MLflow and Airflow standalone's parts except the scheduler, whose children run the tasks.
+
+    Niced, their bursts (DAG parsing, API requests) yield to a training task that wants both cores.
+    Measured (bench/train.py --in-platform, docs/scaling.md): 0.06 cores of such work, no
+    difference on a quiet host; meant for the bursts, which were not measured on their own.
+    """
+    for name, only in (("mlflow", ()), ("airflow", AIRFLOW_BACKGROUND)):
+        pgid = manager.running_pgid(name)
+        if pgid is not None:
+            renice(pgid, BACKGROUND_NICE, only)
+
+
 def migrate(manager: ProcessManager, settings: Settings, say: Say) -> None:
     """Services mode: create or upgrade Airflow's tables once, before its components start."""
     env = services.celery_env(settings)
@@ -117,6 +134,7 @@ def up(settings: Settings, say: Say = print, pipeline: bool = True, wait: bool =
     if settings.celery_workers > 0 and manager.running_pgid("airflow-scheduler") is None:
         migrate(manager, settings, say)
     ensure(manager, [mlflow_component(settings), *airflow], say)
+    quiet_background(manager)
     say(f"MLflow and Airflow up in {time.monotonic() - started:.1f} s")
     password = airflow_password(settings)
     say(f"Airflow UI: {airflow_url(settings)}  user admin  password {password or '(not generated)'}")

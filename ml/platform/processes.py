@@ -85,6 +85,22 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
+def renice(pgid: int, level: int, only: tuple[str, ...] = ()) -> list[int]:
+    """Raise the nice level of a group's processes (those whose command line contains one of `only`,
+    when given); returns their pids. Lowering it back needs privileges, so this only ever raises."""
+    done = []
+    for proc in group_members(pgid):
+        try:
+            cmdline = " ".join(proc.cmdline())
+            if (only and not any(word in cmdline for word in only)) or proc.nice() >= level:
+                continue
+            proc.nice(level)
+            done.append(proc.pid)
+        except psutil.Error:
+            continue
+    return done
+
+
 def _reap(pid: int) -> None:
     # Only a child of this process can be reaped; elsewhere init does it.
     with contextlib.suppress(ChildProcessError, OSError):

@@ -161,3 +161,25 @@ def test_airflow_runs_quieter_but_the_user_setting_wins(tmp_path, monkeypatch):
     assert env["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "120"
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "10")
     assert components.airflow_env(settings)["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] == "10"
+
+
+def test_renice_raises_only_the_named_members_of_a_group(tmp_path):
+    """The launcher nices Airflow's API server and the like, never the scheduler that forks the tasks."""
+    from ml.platform.processes import renice
+
+    manager = ProcessManager(tmp_path / "home")
+    shell = "exec -a background-part sleep 600 & exec -a task-parent sleep 600"
+    component = Component("airflow", "Tiny", ("bash", "-c", shell), "http://127.0.0.1:1", "http://127.0.0.1:1/health",
+                          free_port(), "VISIONLOOP_AIRFLOW_PORT", dict(os.environ), tmp_path)
+    pgid = manager.start(component)
+    try:
+        deadline = time.monotonic() + 10
+        names = {"background-part 600", "task-parent 600"}
+        while not names <= {" ".join(p.cmdline()) for p in group_members(pgid)} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert renice(pgid, 10, ("background-part",))
+        nice = {" ".join(p.cmdline()): p.nice() for p in group_members(pgid)}
+        assert nice["background-part 600"] == 10 and nice["task-parent 600"] == 0
+        assert renice(pgid, 10, ("background-part",)) == []  # already niced: nothing to do
+    finally:
+        manager.stop("airflow", timeout_s=5)
