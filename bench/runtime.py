@@ -90,25 +90,22 @@ def smoke_data(settings: Settings, per_class: int):
     import keras
 
     sys.path.insert(0, str(REPO / "bench"))
-    from ood import read_archive  # bench/ood.py: class-folder archive reader
+    from ood import shared_splits  # bench/ood.py: the shared archives, shuffled into val/test/train
 
     from ml.hparams import get_profile
     from ml.model import build_model
 
     hp = get_profile("smoke")
-    parts = [read_archive(DATASETS / name, per_class, settings.classes)
-             for name in ("cifar10_train_jpg.tar.gz", "extra_superclasses_train.tar.gz")]
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    order = np.random.default_rng(settings.seed).permutation(len(y))
-    x, y = x[order], y[order]
-    n_val = len(y) // 8
+    splits = shared_splits(settings, per_class)
+    x_val, y_val = splits["val"]
+    x_tr = np.concatenate([splits["test"][0], splits["train"][0]])  # no test set here: train on it too
+    y_tr = np.concatenate([splits["test"][1], splits["train"][1]])
     keras.utils.set_random_seed(settings.seed)
     model = build_model("airnet", len(settings.classes), width=hp.width)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
-    x_tr, y_tr = x[n_val:], y[n_val:]
     model.fit(np.concatenate([x_tr, x_tr[:, :, ::-1]]), np.concatenate([y_tr, y_tr]), batch_size=128,
               epochs=hp.epochs, verbose=0)
-    return model, x[:n_val], y[:n_val], (f"SMOKE-SIZED model trained here (width {hp.width}, {hp.epochs} epochs, "
+    return model, x_val, y_val, (f"SMOKE-SIZED model trained here (width {hp.width}, {hp.epochs} epochs, "
                                          f"{len(y_tr)} train images): not a standard model")
 
 
