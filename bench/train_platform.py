@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,9 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.fixtures.servers import free_port  # noqa: E402
+
 VISIONLOOP = str(Path(sys.executable).parent / "visionloop")
 OUTSIDE = "outside (other jobs on the host)"
 TASK_ROLE = "airflow task (supervisor + runner)"
@@ -33,12 +35,6 @@ TRAINING_ROLES = (TASK_ROLE, "standalone training")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS", "KMP_AFFINITY", "KMP_BLOCKTIME",
                "VISIONLOOP_TRAIN_THREADS")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- CPU sampling -------------------------------------------------------------------------------
@@ -178,16 +174,6 @@ def thread_facts(pid: int) -> dict:
 # -- (a) alone ----------------------------------------------------------------------------------
 
 
-def stage_function():
-    """The training stage the DAG calls (ml.stages.train.train, or ml.train.train_model before the move)."""
-    try:
-        from ml.stages.train import train
-        return train, "ml.stages.train.train"
-    except ImportError:
-        from ml.train import train_model
-        return train_model, "ml.train.train_model"
-
-
 def child_main(home: Path, version: str, profile: str) -> None:
     """Runs in the child process: one training alone, MLflow in a SQLite file; prints one JSON line."""
     sys.path.insert(0, str(REPO))
@@ -200,13 +186,14 @@ def child_main(home: Path, version: str, profile: str) -> None:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if mlflow.get_experiment_by_name(settings.experiment) is None:
         mlflow.create_experiment(settings.experiment, artifact_location=(home / "alone-artifacts").as_uri())
-    train, name = stage_function()
+    from ml.stages.train import train
+
     result = train(settings, version, profile=profile)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     run = client.get_run(result["run_id"])
     logged = client.get_metric_history(result["run_id"], "images_per_s")[-1].timestamp
     print(json.dumps({"images_per_s": result["images_per_s"], "epochs_run": result["epochs_run"],
-                      "train_seconds": result["train_seconds"], "stage": name,
+                      "train_seconds": result["train_seconds"], "stage": "ml.stages.train.train",
                       "t0": run.info.start_time / 1000, "t1": logged / 1000}), flush=True)
 
 
