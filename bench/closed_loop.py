@@ -50,6 +50,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clean", type=int, default=0, help="clean test images measured (0 = the whole split)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="hyperparameter of the retraining (e.g. init=champion, feedback_weight=5)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]",
+                        help="run every row once more per variant, its retraining with these hyperparameters "
+                             "on top of --set (e.g. finetune:init=champion); one base champion for all")
     parser.add_argument("--quick", action="store_true",
                         help="self-check: smoke profile, tiny data, dark camera, 100 corrections")
     parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench-closed-loop"))
@@ -161,9 +164,9 @@ def wait_for(predicate, timeout_s: float, what: str) -> float:
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def row_settings(base, home: Path, shift: str, n: int):
+def row_settings(base, home: Path, shift: str, n: int, variant: str):
     """A store and registered model of the row's own, starting from the base snapshot and champion."""
-    name = f"{shift}-{n}"
+    name = f"{shift}-{n}-{variant}"
     settings = base.with_(home=home / "rows" / name, model_name=f"closed-loop-{name}", local_store=None)
     shutil.rmtree(settings.home, ignore_errors=True)
     shutil.copytree(base.store_dir / "datasets", settings.store_dir / "datasets")
@@ -182,17 +185,17 @@ def clean_set(settings, version: str, limit: int) -> tuple[list[bytes], list[str
     return [encode(x[i]) for i in keep], [settings.classes[int(y[i])] for i in keep]
 
 
-def run_row(base, home: Path, run_id: str, version: str, shift: str, n: int, pools: dict, args) -> dict:
+def run_row(base, home: Path, run_id: str, version: str, row: tuple[str, int, str, dict], pools: dict,
+            args) -> dict:
     """One closed loop: serve v1, measure, correct n, monitor, rebuild, retrain, gate, wait for the swap, measure."""
     from ml import layout
-    from ml.data.build import build_dataset
-    from ml.hparams import parse_overrides
-    from ml.monitoring.drift import run_window
-    from ml.monitoring.trigger import decide_retrain
+    from ml.stages.data import build as build_dataset
+    from ml.stages.drift import decide_retrain, run_window
     from ml.stages.gate import gate
     from ml.storage import open_store
 
-    settings = row_settings(base, home, shift, n)
+    shift, n, variant, overrides = row
+    settings = row_settings(base, home, shift, n, variant)
     gate(settings, run_id)  # the base run is this row's first champion
     stream = [(shifted(data, shift, seed=i), label) for i, (data, label) in enumerate(pools["stream"][:n])]
     heldout = ([shifted(data, shift, seed=10**6 + i) for i, (data, _) in enumerate(pools["heldout"])],
@@ -211,14 +214,15 @@ def run_row(base, home: Path, run_id: str, version: str, shift: str, n: int, poo
         window = run_window(settings)
         decision = decide_retrain(settings, window)
         dataset = build_dataset(settings)
-        gate = train_pipeline(settings, dataset["version"], args.profile, parse_overrides(args.set))
+        gate = train_pipeline(settings, dataset["version"], args.profile, overrides)
         served = wait_for(lambda: service.version() == str(gate["version"]), 300,
                           f"serving v{gate['version']}") if gate["promoted"] else None
         after = {"clean": service.accuracy(*clean), "shifted": service.accuracy(*heldout)}
     finally:
         service.stop()
     gap = before["clean"] - before["shifted"]
-    return {"shift": shift, "corrections": n, "corrections_wrong": wrong, "profile": args.profile,
+    return {"shift": shift, "corrections": n, "variant": variant, "retrain_overrides": overrides,
+            "corrections_wrong": wrong, "profile": args.profile,
             "clean_before": round(before["clean"], 4), "shifted_before": round(before["shifted"], 4),
             "shifted_after": round(after["shifted"], 4), "clean_after": round(after["clean"], 4),
             "recovery": round((after["shifted"] - before["shifted"]) / gap, 4) if gap > 0 else None,
@@ -230,7 +234,21 @@ def run_row(base, home: Path, run_id: str, version: str, shift: str, n: int, poo
             "n_heldout": len(heldout[1]), "n_clean": len(clean[1])}
 
 
-def plan_rows(args) -> list[tuple[str, int]]:
+def parse_variants(args) -> list[tuple[str, dict]]:
+    """(name, retraining overrides): `default` (--set alone) unless --variant names others."""
+    from ml.hparams import parse_overrides
+
+    common = parse_overrides(args.set)
+    variants = []
+    for spec in args.variant or ["default:"]:
+        name, sep, pairs = spec.partition(":")
+        if not sep or not name:
+            sys.exit(f"--variant {spec}: expected NAME:FIELD=VALUE[,FIELD=VALUE]")
+        variants.append((name, {**common, **parse_overrides([p for p in pairs.split(",") if p])}))
+    return variants
+
+
+def plan_rows(args) -> list[tuple[str, int, str, dict]]:
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
     unknown = [s for s in shifts if s not in SHIFTS]
     if unknown:
@@ -238,7 +256,7 @@ def plan_rows(args) -> list[tuple[str, int]]:
     rows = [(s, int(n)) for s in shifts for n in args.corrections.split(",") if n.strip()]
     if args.headline_corrections and HEADLINE[0] in shifts:
         rows.insert(0, (HEADLINE[0], args.headline_corrections))
-    return rows
+    return [(s, n, name, overrides) for s, n in rows for name, overrides in parse_variants(args)]
 
 
 def main() -> None:
@@ -248,13 +266,13 @@ def main() -> None:
     shutil.rmtree(home, ignore_errors=True)
     prepare_env(home)
     rows_wanted = plan_rows(args)
-    most = max([n for s, n in rows_wanted if s not in UNAVAILABLE], default=0)
+    most = max([n for s, n, _, _ in rows_wanted if s not in UNAVAILABLE], default=0)
     stream, heldout = split_archives(SHARED / "cifar10_train_jpg.tar.gz", SHARED / "extra_superclasses_train.tar.gz",
                                      home / "images", train_per_class=QUICK_PER_CLASS if args.quick else 10**9)
     if len(stream) < most:
         sys.exit(f"only {len(stream)} stream photos for {most} corrections")
     pools = {"stream": stream, "heldout": heldout[:args.heldout]}
-    from ml.data.build import build_dataset
+    from ml.stages.data import build as build_dataset
 
     base = base_settings(home, home / "images", args.quick)
     experiments(base, home)
@@ -263,16 +281,17 @@ def main() -> None:
     print(json.dumps({"champion_run": first["run_id"], "dataset_version": version,
                       "val_accuracy": first["train"]["val_accuracy"]}), flush=True)
     rows = []
-    for shift, n in rows_wanted:
+    for row in rows_wanted:
+        shift, n, variant, _ = row
         if shift in UNAVAILABLE:
-            rows.append({"shift": shift, "corrections": n, "skipped": UNAVAILABLE[shift]})
+            rows.append({"shift": shift, "corrections": n, "variant": variant, "skipped": UNAVAILABLE[shift]})
         else:
-            rows.append(run_row(base, home, first["run_id"], version, shift, n, pools, args))
+            rows.append(run_row(base, home, first["run_id"], version, row, pools, args))
         print(json.dumps(rows[-1]), flush=True)
     headline = next((r for r in rows if "skipped" not in r), {})
     keys = ("recovery", "clean_before", "shifted_before", "shifted_after", "clean_after", "promoted",
-            "minutes_trigger_to_serving", "shift", "corrections", "profile")
-    print(json.dumps({**{k: headline.get(k) for k in keys}, "quick": args.quick, "retrain_overrides": args.set,
+            "minutes_trigger_to_serving", "shift", "corrections", "variant", "retrain_overrides", "profile")
+    print(json.dumps({**{k: headline.get(k) for k in keys}, "quick": args.quick,
                       "gate": "relaxed for --quick (smoke models are noise)" if args.quick else "the product's",
                       "champion_val_accuracy": round(first["train"]["val_accuracy"], 4),
                       "bench_minutes": round((time.time() - started) / 60, 1), "cpus": len(os.sched_getaffinity(0)),

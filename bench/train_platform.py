@@ -398,7 +398,7 @@ def build_snapshot(home: Path, archives: tuple[Path, ...], per_class: int) -> tu
     try:
         from ml.stages.data import build
     except ImportError:  # before the stage layer
-        from ml.data.build import build_dataset as build
+        from ml.stages.data import build
     settings = Settings.from_env(home=home, local_store=home / "store", data_sources=sources, class_target=0)
     result = build(settings)
     return result["version"], result.get("counts") or {}
