@@ -30,7 +30,7 @@ from tests.fixtures.servers import free_port  # noqa: E402
 
 VISIONLOOP = str(Path(sys.executable).parent / "visionloop")
 OUTSIDE = "outside (other jobs on the host)"
-TASK_ROLE = "airflow task (supervisor + runner)"
+TASK_ROLE = "airflow task (supervisor + runner + its train stage process)"
 TRAINING_ROLES = (TASK_ROLE, "standalone training")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS", "KMP_AFFINITY", "KMP_BLOCKTIME",
@@ -100,7 +100,7 @@ def role(cmd: str, group: str | None) -> str:
     for part in ("scheduler", "dag-processor", "api-server", "triggerer", "standalone"):
         if f"airflow {part}" in cmd:
             return f"airflow {part}"
-    for part, name in (("airflow worker --", TASK_ROLE), ("task runner", TASK_ROLE), ("supervisor", "airflow task supervisor"),
+    for part, name in (("-m ml.stages.train", TASK_ROLE), ("airflow worker --", TASK_ROLE), ("task runner", TASK_ROLE), ("supervisor", "airflow task supervisor"),
                        ("LocalExecutor", "airflow LocalExecutor worker"), ("serve-logs", "airflow serve-logs"),
                        ("api_server", "airflow api-server"), ("circusd", "bentoml circusd"),
                        ("uvicorn", f"{group} server worker"), ("serve", f"{group} serve")):

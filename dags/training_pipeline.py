@@ -88,9 +88,12 @@ def training_pipeline():
 
     @task
     def train(dataset_version: str, params=None) -> str:
-        from ml.stages.train import train as train_stage
+        """The train stage in a fresh interpreter (see ml/stages/fresh_process.py), Settings from this env."""
+        from ml.stages.fresh_process import run_stage
 
-        return train_stage(_settings(), dataset_version, profile=(params or {}).get("profile") or None)["run_id"]
+        profile = (params or {}).get("profile")
+        args = ["--dataset", dataset_version, *(["--profile", profile] if profile else [])]
+        return run_stage("ml.stages.train", args)["run_id"]
 
     @task
     def evaluate(mlflow_run_id: str) -> str:

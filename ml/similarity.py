@@ -1,7 +1,12 @@
 """SimilarityIndex: the training images nearest to an upload, among the classes the model finds likely.
 
 Embeddings are L2-normalised and stored sorted by class, so a query is one
-matmul over the rows of the top classes only (about 4/13 of the index).
+matmul over the rows of the top classes only (about 4/13 of the index). On a
+large index that matmul costs more than the model itself, so it runs on the
+embeddings' leading principal components (a PCA prefilter), and only the
+best candidates of each class are re-ranked on the full vectors: the
+neighbours and distances returned are exact cosine ones among those
+candidates (bench/similarity.py measures how often they are the exact top k).
 """
 
 from __future__ import annotations
@@ -40,8 +45,19 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+# Principal components the prefilter scans, and candidates per query and class it hands to the exact
+# re-rank. Indexes too small for the prefilter to pay are scanned exactly.
+PREFILTER_DIMS = 32
+PREFILTER_CANDIDATES = 32
+PREFILTER_MIN_ROWS = 20_000
+
+
 class SimilarityIndex:
-    """Exact nearest neighbours over training embeddings, restricted to the most probable classes."""
+    """Nearest neighbours over training embeddings, restricted to the most probable classes."""
+
+    def __init__(self, prefilter_dims: int = PREFILTER_DIMS, candidates: int = PREFILTER_CANDIDATES,
+                 prefilter_min_rows: int = PREFILTER_MIN_ROWS):
+        self.prefilter_dims, self.candidates, self.prefilter_min_rows = prefilter_dims, candidates, prefilter_min_rows
 
     def fit(self, embeddings: np.ndarray, labels: np.ndarray, ids) -> SimilarityIndex:
         """Index N embeddings (N, D) with their class labels and dataset ids."""
@@ -54,6 +70,14 @@ class SimilarityIndex:
         self.labels_, self.ids_ = labels[order], ids[order]
         n_classes = int(labels.max()) + 1 if len(labels) else 0
         self.offsets_ = np.searchsorted(self.labels_, np.arange(n_classes + 1))
+        self.basis_, self.reduced_ = None, None
+        dims = self.embeddings_.shape[1] if self.embeddings_.ndim == 2 else 0
+        if 0 < self.prefilter_dims < dims and len(self.labels_) >= self.prefilter_min_rows:
+            # Uncentred principal axes: the projection keeps most of each unit vector's length, so
+            # dot products in the reduced space rank like cosines.
+            _, _, axes = np.linalg.svd(self.embeddings_.T @ self.embeddings_)
+            self.basis_ = np.ascontiguousarray(axes[: self.prefilter_dims].T.astype(np.float32))
+            self.reduced_ = np.ascontiguousarray(self.embeddings_ @ self.basis_)
         return self
 
     def __len__(self) -> int:
@@ -61,24 +85,8 @@ class SimilarityIndex:
 
     def query(self, embedding: np.ndarray, probs: np.ndarray, k: int = 4, top_classes: int = 4) -> list[Neighbor]:
         """The k nearest training images among the `top_classes` most probable classes, nearest first."""
-        query = _normalise(np.asarray(embedding).reshape(-1))
-        probs = np.asarray(probs).reshape(-1)[: len(self.offsets_) - 1]
-        classes = np.argsort(-probs, kind="stable")[:top_classes]
-        rows = np.concatenate([np.arange(self.offsets_[c], self.offsets_[c + 1]) for c in classes]) \
-            if len(classes) else np.zeros(0, dtype=np.int64)
-        if len(rows) == 0 or k <= 0:
-            return []
-        # Contiguous slices avoid copying the candidate rows (fancy indexing would copy them).
-        with _one_blas_thread():
-            sims = np.concatenate([self.embeddings_[self.offsets_[c]:self.offsets_[c + 1]] @ query
-                                   for c in classes])
-        k = min(k, len(rows))
-        best = np.argpartition(-sims, k - 1)[:k]
-        best = best[np.argsort(-sims[best], kind="stable")]
-        # |a - b| = sqrt(2 - 2 cos) for unit vectors.
-        distances = np.sqrt(np.maximum(2.0 - 2.0 * sims[best], 0.0))
-        return [Neighbor(str(self.ids_[rows[i]]), int(self.labels_[rows[i]]), float(d))
-                for i, d in zip(best, distances, strict=True)]
+        return self.query_batch(np.asarray(embedding).reshape(1, -1), np.asarray(probs).reshape(1, -1),
+                                k=k, top_classes=top_classes)[0]
 
     def query_batch(self, embeddings: np.ndarray, probs: np.ndarray, k: int = 4,
                     top_classes: int = 4) -> list[list[Neighbor]]:
@@ -111,14 +119,18 @@ class SimilarityIndex:
         """Fold class c's nearest rows into the running top-k of every query that ranks c."""
         k = best_s.shape[1]
         who = np.nonzero((top == c).any(axis=1))[0]
-        block = self.embeddings_[self.offsets_[c]:self.offsets_[c + 1]]
-        if not len(block):
+        lo, hi = self.offsets_[c], self.offsets_[c + 1]
+        if hi == lo:
             return
-        sims = q[who] @ block.T
-        kk = min(k, sims.shape[1])
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        if self.basis_ is not None and hi - lo > self.candidates:
+            rows = lo + _top_columns(q[who] @ self.basis_ @ self.reduced_[lo:hi].T, self.candidates)
+            sims = np.einsum("qd,qcd->qc", q[who], self.embeddings_[rows])  # exact cosines of the candidates
+        else:
+            sims = q[who] @ self.embeddings_[lo:hi].T
+            rows = np.broadcast_to(np.arange(lo, hi), sims.shape)
+        part = _top_columns(sims, min(k, sims.shape[1]))
         cand_s = np.concatenate([best_s[who], np.take_along_axis(sims, part, axis=1)], axis=1)
-        cand_r = np.concatenate([best_r[who], part + self.offsets_[c]], axis=1)
+        cand_r = np.concatenate([best_r[who], np.take_along_axis(rows, part, axis=1)], axis=1)
         keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
         best_s[who], best_r[who] = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_r, keep, 1)
 
@@ -131,7 +143,14 @@ class SimilarityIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> SimilarityIndex:
-        """An index written by save()."""
+    def load(cls, path: str | Path, **options) -> SimilarityIndex:
+        """An index written by save() (options: those of the constructor)."""
         with np.load(path, allow_pickle=False) as data:
-            return cls().fit(data["embeddings"], data["labels"], data["ids"])
+            return cls(**options).fit(data["embeddings"], data["labels"], data["ids"])
+
+
+def _top_columns(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indexes of each row's n largest scores, in no particular order."""
+    if n >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(scores, scores.shape[1] - n, axis=1)[:, -n:]

@@ -188,3 +188,22 @@ def log_dataset_input(settings: Settings, version: str, manifest: dict,
                                          source=open_store(settings).uri(layout.dataset_prefix(version)))
     mlflow.log_input(dataset, context="training")
     mlflow.log_dict(manifest, "manifest.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ml.stages.train --dataset V [--profile P] --result-file F`: the stage on Settings from the env."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Train one model on a snapshot (the training_pipeline's train task).")
+    parser.add_argument("--dataset", required=True, help="snapshot version")
+    parser.add_argument("--profile", default=None, help="training profile (default: VISIONLOOP_PROFILE)")
+    parser.add_argument("--result-file", required=True, help="where to write the stage's result as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = train(Settings.from_env(), args.dataset, profile=args.profile)
+    Path(args.result_file).write_text(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()

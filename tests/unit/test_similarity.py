@@ -83,18 +83,49 @@ def test_mismatched_lengths_are_rejected():
         SimilarityIndex().fit(np.zeros((3, 4)), np.zeros(2), ["a", "b", "c"])
 
 
+def brute_force(embeddings, labels, queries, probs, k, top_classes):
+    """Row indexes and distances of the k nearest unit vectors among each query's top classes."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    out = []
+    for q, p in zip(queries, probs, strict=True):
+        sims = unit @ (q / np.linalg.norm(q))
+        sims[~np.isin(labels, np.argsort(-p)[:top_classes])] = -np.inf
+        best = np.argsort(-sims)[:k]
+        out.append((best.tolist(), np.sqrt(np.maximum(2 - 2 * sims[best], 0)).tolist()))
+    return out
+
+
 @pytest.mark.parametrize("k, top_classes", [(4, 4), (1, 1), (7, 2), (3, 6)])
-def test_query_batch_returns_what_query_returns_for_each_image(index_data, k, top_classes):
+def test_query_batch_matches_brute_force_for_each_image(index_data, k, top_classes):
     embeddings, labels, ids = index_data
     index = SimilarityIndex().fit(embeddings, labels, ids)
     rng = np.random.default_rng(3)
     queries, probs = rng.normal(size=(25, D)), rng.dirichlet(np.ones(C), size=25)
     batch = index.query_batch(queries, probs, k=k, top_classes=top_classes)
     assert len(batch) == 25
-    for q, p, hits in zip(queries, probs, batch, strict=True):
-        one = index.query(q, p, k=k, top_classes=top_classes)
-        assert [h.id for h in hits] == [h.id for h in one] and [h.label for h in hits] == [h.label for h in one]
-        assert [h.distance for h in hits] == pytest.approx([h.distance for h in one], abs=1e-5)
+    for hits, (rows, distances) in zip(batch, brute_force(embeddings, labels, queries, probs, k, top_classes),
+                                       strict=True):
+        assert [h.id for h in hits] == [ids[r] for r in rows] and [h.label for h in hits] == labels[rows].tolist()
+        assert [h.distance for h in hits] == pytest.approx(distances, abs=1e-5)
+
+
+def test_pca_prefilter_finds_the_exact_neighbours_when_the_embeddings_have_few_directions():
+    """Trained embeddings concentrate on few directions; the prefilter scans those and re-ranks exactly."""
+    rng = np.random.default_rng(5)
+    n, dims, rank = 3000, 48, 6
+    labels = rng.integers(0, C, n)
+    mixing = rng.normal(size=(rank, dims))
+    embeddings = (rng.normal(size=(n, rank)) + 2 * np.eye(C, rank)[labels]) @ mixing
+    embeddings += 0.01 * rng.normal(size=embeddings.shape)
+    ids = [image_id("v1", "train", i) for i in range(n)]
+    index = SimilarityIndex(prefilter_dims=8, candidates=16, prefilter_min_rows=0).fit(embeddings, labels, ids)
+    assert index.basis_ is not None
+    queries = (rng.normal(size=(40, rank)) + 2 * np.eye(C, rank)[rng.integers(0, C, 40)]) @ mixing
+    probs = rng.dirichlet(np.ones(C), size=40)
+    got = index.query_batch(queries, probs, k=4, top_classes=3)
+    for hits, (rows, distances) in zip(got, brute_force(embeddings, labels, queries, probs, 4, 3), strict=True):
+        assert [h.id for h in hits] == [ids[r] for r in rows]
+        assert [h.distance for h in hits] == pytest.approx(distances, abs=1e-5)
 
 
 def test_query_batch_with_fewer_candidates_than_k():

@@ -120,14 +120,21 @@ def test_a_planted_violation_is_found(tmp_path):
                    "serving/planted.py:5: defines a second snapshot reader TrainingImages"]
 
 
+FRESH_PROCESS = "ml.stages.fresh_process"
+
+
 def _task_stage_imports(dag: str) -> dict[str, set[str]]:
     """{task function: the ml.* modules its body imports} for every @task of a DAG file."""
     tree = ast.parse((REPO / "dags" / f"{dag}.py").read_text())
     tasks = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and any("task" in ast.unparse(d) for d in node.decorator_list):
-            tasks[node.name] = {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
-                                and n.module and n.module.split(".")[0] == "ml"} - {"ml.config"}
+            modules = {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
+                       and n.module and n.module.split(".")[0] == "ml"} - {"ml.config"}
+            if modules == {FRESH_PROCESS}:  # run_stage("ml.stages.X", ...): the task calls stage X
+                modules = {n.args[0].value for n in ast.walk(node) if isinstance(n, ast.Call)
+                           and ast.unparse(n.func) == "run_stage" and isinstance(n.args[0], ast.Constant)}
+            tasks[node.name] = modules
     return tasks
 
 
