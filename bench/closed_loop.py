@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from closed_loop_data import SHIFTS, UNAVAILABLE, encode, shifted, split_archives  # noqa: E402
 
 HEADLINE = ("dark", 1500)
+STARTED = time.strftime("%Y%m%dT%H%M%S")
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="self-check: smoke profile, tiny data, dark camera, 100 corrections")
     parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench-closed-loop"))
+    parser.add_argument("--reuse-base", action="store_true",
+                        help="keep --home's base snapshot and champion (base.json) from an earlier run of "
+                             "the same --profile; only the rows run")
     args = parser.parse_args()
     if args.quick:
         args.profile, args.shifts, args.corrections, args.headline_corrections = "smoke", "dark", "100", 0
@@ -167,7 +171,8 @@ def wait_for(predicate, timeout_s: float, what: str) -> float:
 def row_settings(base, home: Path, shift: str, n: int, variant: str):
     """A store and registered model of the row's own, starting from the base snapshot and champion."""
     name = f"{shift}-{n}-{variant}"
-    settings = base.with_(home=home / "rows" / name, model_name=f"closed-loop-{name}", local_store=None)
+    # The MLflow database outlives rows/ under --reuse-base: a model name of this invocation's own.
+    settings = base.with_(home=home / "rows" / name, model_name=f"closed-loop-{name}-{STARTED}", local_store=None)
     shutil.rmtree(settings.home, ignore_errors=True)
     shutil.copytree(base.store_dir / "datasets", settings.store_dir / "datasets")
     return settings
@@ -248,6 +253,20 @@ def parse_variants(args) -> list[tuple[str, dict]]:
     return variants
 
 
+def train_base(base, home: Path, profile: str) -> dict:
+    """The base snapshot and its champion, recorded in <home>/base.json for --reuse-base."""
+    from ml.stages.data import build as build_dataset
+
+    experiments(base, home)
+    version = build_dataset(base)["version"]
+    result = train_pipeline(base, version, profile, {})
+    first = {"champion_run": result["run_id"], "dataset_version": version, "profile": profile,
+             "val_accuracy": result["train"]["val_accuracy"]}
+    (home / "base.json").write_text(json.dumps(first))
+    print(json.dumps(first), flush=True)
+    return first
+
+
 def plan_rows(args) -> list[tuple[str, int, str, dict]]:
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
     unknown = [s for s in shifts if s not in SHIFTS]
@@ -263,7 +282,10 @@ def main() -> None:
     args = parse_args()
     home = Path(args.home).absolute()
     started = time.time()
-    shutil.rmtree(home, ignore_errors=True)
+    reuse = args.reuse_base and (home / "base.json").is_file()
+    if args.reuse_base and not reuse:
+        sys.exit(f"--reuse-base: no {home / 'base.json'}; run once without it")
+    shutil.rmtree(home / "rows" if reuse else home, ignore_errors=True)
     prepare_env(home)
     rows_wanted = plan_rows(args)
     most = max([n for s, n, _, _ in rows_wanted if s not in UNAVAILABLE], default=0)
@@ -272,28 +294,25 @@ def main() -> None:
     if len(stream) < most:
         sys.exit(f"only {len(stream)} stream photos for {most} corrections")
     pools = {"stream": stream, "heldout": heldout[:args.heldout]}
-    from ml.stages.data import build as build_dataset
-
     base = base_settings(home, home / "images", args.quick)
-    experiments(base, home)
-    version = build_dataset(base)["version"]
-    first = train_pipeline(base, version, args.profile, {})
-    print(json.dumps({"champion_run": first["run_id"], "dataset_version": version,
-                      "val_accuracy": first["train"]["val_accuracy"]}), flush=True)
+    first = json.loads((home / "base.json").read_text()) if reuse else train_base(base, home, args.profile)
+    if first["profile"] != args.profile:
+        sys.exit(f"--reuse-base: the base champion was trained with --profile {first['profile']}")
+    version = first["dataset_version"]
     rows = []
     for row in rows_wanted:
         shift, n, variant, _ = row
         if shift in UNAVAILABLE:
             rows.append({"shift": shift, "corrections": n, "variant": variant, "skipped": UNAVAILABLE[shift]})
         else:
-            rows.append(run_row(base, home, first["run_id"], version, row, pools, args))
+            rows.append(run_row(base, home, first["champion_run"], version, row, pools, args))
         print(json.dumps(rows[-1]), flush=True)
     headline = next((r for r in rows if "skipped" not in r), {})
     keys = ("recovery", "clean_before", "shifted_before", "shifted_after", "clean_after", "promoted",
             "minutes_trigger_to_serving", "shift", "corrections", "variant", "retrain_overrides", "profile")
     print(json.dumps({**{k: headline.get(k) for k in keys}, "quick": args.quick,
                       "gate": "relaxed for --quick (smoke models are noise)" if args.quick else "the product's",
-                      "champion_val_accuracy": round(first["train"]["val_accuracy"], 4),
+                      "champion_val_accuracy": round(first["val_accuracy"], 4), "base_reused": reuse,
                       "bench_minutes": round((time.time() - started) / 60, 1), "cpus": len(os.sched_getaffinity(0)),
                       "rows": rows}))
 

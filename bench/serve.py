@@ -220,10 +220,11 @@ def served_model(settings, root: Path, arch: str | None, width: int | None,
 
 
 # name -> environment of one server. baseline: today's serving path (TensorFlow forward pass, the worker's
-# own batching with one thread, one worker); candidate: the defaults; adaptive: the candidate through BentoML's
+# own batching with one thread, one worker, exact similar-image scan); candidate: the defaults; adaptive: the candidate through BentoML's
 # adaptive batching (CorkDispatcher) instead of the worker's own thread.
 SERVERS = {"baseline": {"VISIONLOOP_INFERENCE_RUNTIME": "tensorflow", "VISIONLOOP_SERVE_BATCHING": "worker",
-                        "VISIONLOOP_SERVE_WORKERS": "1", "VISIONLOOP_SERVE_THREADS": "1"},
+                        "VISIONLOOP_SERVE_WORKERS": "1", "VISIONLOOP_SERVE_THREADS": "1",
+                        "VISIONLOOP_SIMILARITY_PREFILTER_DIMS": "0"},
            "candidate": {},
            "adaptive": {"VISIONLOOP_SERVE_BATCHING": "bentoml"}}
 

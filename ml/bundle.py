@@ -46,11 +46,13 @@ class ServingBundle:
     def from_dir(cls, directory: str | Path, model: Any = None, version: str = "local",
                  run_id: str = "", predictor: Any = None, imagenet: bool = True,
                  runtime: str = "auto", runtime_threads: int | None = None,
-                 model_loader: Any = None) -> ServingBundle:
+                 model_loader: Any = None, similarity_prefilter_dims: int | None = None) -> ServingBundle:
         """Load `<directory>/bundle/` (the run artifact layout) and a Keras model (object or file).
 
         runtime: `auto` runs the forward pass on the bundle's OpenVINO export when it has one (with
         `runtime_threads` per request); the Keras model (or `model_loader()`) is loaded only otherwise.
+        similarity_prefilter_dims: principal components of the similar-image search's prefilter
+        (0 = exact scan, None = ml.similarity's default).
         """
         directory = Path(directory)
         bundle_dir = directory / "bundle" if (directory / "bundle").is_dir() else directory
@@ -71,7 +73,7 @@ class ServingBundle:
             predictor = Predictor(model)
         classes = tuple(info["classes"])
         return cls(version=str(version), run_id=run_id, classes=classes, predictor=predictor,
-                   detector=_load_detector(bundle_dir / "ood"), index=_load_index(bundle_dir / "similarity"),
+                   detector=_load_detector(bundle_dir / "ood"), index=_load_index(bundle_dir / "similarity", similarity_prefilter_dims),
                    class_histograms=_load_histograms(bundle_dir / "reference", len(classes)),
                    imagenet=_load_imagenet(bundle_dir / "imagenet") if imagenet else None,
                    dataset_version=info.get("dataset_version", ""), root=directory, info=info)
@@ -219,13 +221,14 @@ def _load_detector(directory: Path) -> Any:
     return load_default_detector(directory)
 
 
-def _load_index(directory: Path) -> Any:
+def _load_index(directory: Path, prefilter_dims: int | None) -> Any:
     if not (directory / "index.npz").is_file():
         log.warning("bundle has no similarity index: no similar images")
         return None
     from ml.similarity import SimilarityIndex
 
-    return SimilarityIndex.load(directory / "index.npz")
+    options = {} if prefilter_dims is None else {"prefilter_dims": prefilter_dims}
+    return SimilarityIndex.load(directory / "index.npz", **options)
 
 
 def _load_histograms(directory: Path, n_classes: int) -> np.ndarray | None:

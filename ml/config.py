@@ -109,6 +109,9 @@ class Settings:
     # has its own request, so with serve_threads=2 one thread each keeps both cores busy without the
     # hand-off cost of splitting a small batch across cores.
     openvino_threads: int = 1
+    # Similar-image search scans this many principal components of the embeddings, then re-ranks the
+    # best candidates exactly (0 = exact scan of every row of the likely classes). bench/similarity.py.
+    similarity_prefilter_dims: int = 64
     request_log_batch: int = 200  # records per shipped object
     request_log_interval_s: float = 5.0
     # Spool cap: past it requests get 503 + Retry-After until the shipper catches up.
@@ -174,6 +177,9 @@ class Settings:
         if self.inference_runtime not in ("auto", "tensorflow", "openvino"):
             raise ConfigError(f"VISIONLOOP_INFERENCE_RUNTIME={self.inference_runtime!r}: "
                               "choose auto, tensorflow or openvino")
+        if self.similarity_prefilter_dims < 0:
+            raise ConfigError(f"VISIONLOOP_SIMILARITY_PREFILTER_DIMS={self.similarity_prefilter_dims}: "
+                              "0 (exact search) or more")
         if self.openvino_threads < 0:
             raise ConfigError(f"VISIONLOOP_OPENVINO_THREADS={self.openvino_threads}: 0 (OpenVINO decides) or more")
         if self.serve_threads < 1:

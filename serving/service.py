@@ -121,7 +121,8 @@ class VisionLoop:
             self.worker.bundle = ServingBundle.from_dir(
                 bundle_dir, version=os.environ.get("VISIONLOOP_BUNDLE_VERSION", "local"),
                 imagenet=self.settings.imagenet_enabled, runtime=self.settings.inference_runtime,
-                runtime_threads=self.settings.openvino_threads)
+                runtime_threads=self.settings.openvino_threads,
+                similarity_prefilter_dims=self.settings.similarity_prefilter_dims)
             self.worker.bundle.smoke_test()  # a bundle whose classes and outputs disagree never serves
             _freeze_heap()
         else:

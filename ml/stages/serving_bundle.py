@@ -53,7 +53,8 @@ def load(settings: Settings, alias: str = tracking.CHAMPION) -> ServingBundle:
     target, version, run_id = fetch(settings, alias)
     bundle = ServingBundle.from_dir(target, model_loader=lambda: tracking.load_keras(target / "model"),
                                     version=version, run_id=run_id, imagenet=settings.imagenet_enabled,
-                                    runtime=settings.inference_runtime, runtime_threads=settings.openvino_threads)
+                                    runtime=settings.inference_runtime, runtime_threads=settings.openvino_threads,
+                                    similarity_prefilter_dims=settings.similarity_prefilter_dims)
     bundle.smoke_test()
     return bundle
 
