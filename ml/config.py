@@ -65,7 +65,7 @@ class Settings:
     # Training.
     profile: str = "standard"
     arch: str = ""  # empty: the profile's default architecture
-    train_init: str = ""  # empty: the profile's (scratch); "champion" fine-tunes the serving champion
+    train_init: str = ""  # empty: the profile's (champion: fine-tune the serving champion); "scratch" a new model
     feedback_weight: int = 0  # copies of each corrected image per training epoch; 0: the profile's
     train_schedule: str = "@weekly"  # "none" switches the time schedule off
     # Registry gate.

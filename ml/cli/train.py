@@ -28,7 +28,7 @@ def run(
     overrides: list[str] = typer.Option(None, "--set", metavar="FIELD=VALUE",
                                         help="Override a hyperparameter, repeatable: --set width=64 --set epochs=20."),
     init: str = typer.Option(None, "--init", help="scratch, or champion: fine-tune the serving champion "
-                                                  "(default: VISIONLOOP_TRAIN_INIT, else scratch)."),
+                                                  "(default: VISIONLOOP_TRAIN_INIT, else champion; scratch when there is none or its classes differ)."),
     register: bool = typer.Option(True, "--register/--no-register",
                                   help="Run the registry gate at the end (default), or stop before it: "
                                        "the run is evaluated and has its bundle but no registered version."),

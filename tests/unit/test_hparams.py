@@ -58,11 +58,11 @@ def test_fine_tuning_runs_a_shorter_schedule_at_a_lower_rate():
 def test_feedback_weight_and_init_come_from_settings_unless_overridden(settings):
     from ml.stages.train import resolve_hparams
 
-    assert resolve_hparams(settings, "smoke", None, None).init == "scratch"
-    configured = settings.with_(train_init="champion", feedback_weight=7)
+    assert resolve_hparams(settings, "smoke", None, None).init == "champion"
+    configured = settings.with_(train_init="scratch", feedback_weight=7)
     hp = resolve_hparams(configured, "smoke", None, None)
-    assert (hp.init, hp.feedback_weight) == ("champion", 7)
-    assert resolve_hparams(configured, "smoke", None, {"init": "scratch"}).init == "scratch"
+    assert (hp.init, hp.feedback_weight) == ("scratch", 7)
+    assert resolve_hparams(configured, "smoke", None, {"init": "champion"}).init == "champion"
     assert parse_overrides(["init=champion", "feedback_weight=5"]) == {"init": "champion", "feedback_weight": 5}
 
 
