@@ -112,20 +112,22 @@ class SimilarityIndex:
         best_r = np.full((len(q), max(k, 0)), -1, dtype=np.int64)
         if k > 0:
             with _one_blas_thread():
+                reduced_q = q @ self.basis_ if self.basis_ is not None else None  # once, not per class
                 for c in np.unique(top):
-                    self._merge_class(int(c), q, top, best_s, best_r)
+                    self._merge_class(int(c), q, reduced_q, top, best_s, best_r)
         found = best_r >= 0
         return [r[m] for r, m in zip(best_r, found, strict=True)], [s[m] for s, m in zip(best_s, found, strict=True)]
 
-    def _merge_class(self, c: int, q: np.ndarray, top: np.ndarray, best_s: np.ndarray, best_r: np.ndarray) -> None:
+    def _merge_class(self, c: int, q: np.ndarray, reduced_q: np.ndarray | None, top: np.ndarray,
+                     best_s: np.ndarray, best_r: np.ndarray) -> None:
         """Fold class c's nearest rows into the running top-k of every query that ranks c."""
         k = best_s.shape[1]
         who = np.nonzero((top == c).any(axis=1))[0]
         lo, hi = self.offsets_[c], self.offsets_[c + 1]
         if hi == lo:
             return
-        if self.basis_ is not None and hi - lo > self.candidates:
-            rows = lo + _top_columns(q[who] @ self.basis_ @ self.reduced_[lo:hi].T, self.candidates)
+        if reduced_q is not None and hi - lo > self.candidates:
+            rows = lo + _top_columns(reduced_q[who] @ self.reduced_[lo:hi].T, self.candidates)
             sims = np.einsum("qd,qcd->qc", q[who], self.embeddings_[rows])  # exact cosines of the candidates
         else:
             sims = q[who] @ self.embeddings_[lo:hi].T
