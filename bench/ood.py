@@ -5,6 +5,9 @@
     python bench/ood.py --train-profile smoke   # self-check: a smoke-sized model trained here (weak!)
     python bench/ood.py --train-profile standard --compare-oe 0,0.5 --per-class 1000 --set max_minutes=6
         # outlier exposure on/off: the same model trained once per weight by ml.train.fit, same seed
+    python bench/ood.py --pipeline standard --compare-oe 0,0.5
+        # the product's own stages (dataset build with the outlier source, train -> ... -> fit_ood) on the
+        # shared archives, once per outlier-exposure weight; the weight's run is then scored as above
 
 Outliers: ../shared/datasets/ood_dev and ood_dev2, split by class (ml.ood.outlier_data) into fit,
 calibrate and evaluate groups; only the evaluate classes are scored ("heldout*" sets). scikit-learn's
@@ -34,6 +37,7 @@ from ml.ood import OODFeatures, fitting  # noqa: E402
 
 DATASETS = REPO.parent / "shared" / "datasets"
 OUTLIERS = ("ood_dev.tar.gz", "ood_dev2.tar.gz")
+ID_ARCHIVES = ("cifar10_train_jpg.tar.gz", "extra_superclasses_train.tar.gz")
 TARGETS = {"heldout_auroc": 0.85, "heldout_catch_at_5pct": 0.5, "id_reject": 0.05, "digits_auroc": 0.95}
 log = logging.getLogger("bench.ood")
 
@@ -200,7 +204,7 @@ def oe_run(settings: Settings, hp, splits: dict, sources: list, digits: np.ndarr
     predictor, numbers = product_model(settings, hp, splits, fit_group_images(stored))
     data = ood_data(settings, predictor, splits["train"], splits["val"][0], splits["test"][0], stored)
     detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
-    add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits)))
+    add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits), digits))
     block = default_block(detectors[summary["default_detector"]], data, summary)
     by_detector = {name: {s: round(m["auroc"], 4) for s, m in row["sets"].items()}
                    for name, row in summary["detectors"].items()}
@@ -233,6 +237,52 @@ def compare_oe(settings: Settings, profile: str, overrides: dict, weights: list[
             "n_images": n, "runs": runs}
 
 
+def pipeline_settings(home: Path, class_target: int) -> Settings:
+    """The product's default settings plus the outlier source, with its own store and MLflow database."""
+    return Settings.from_env(
+        home=home, data_sources=tuple(f"folder:{DATASETS / n}" for n in ID_ARCHIVES),
+        outlier_sources=tuple(f"folder:{DATASETS / n}" for n in OUTLIERS), ood_eval_archive="",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", experiment="bench-ood", model_name="bench-ood",
+        class_target=class_target, imagenet_enabled=False)
+
+
+def pipeline_runs(profile: str, weights: list[float], overrides: dict, home: Path, class_target: int) -> dict:
+    """One dataset snapshot, then train -> evaluate -> fit_ood (the product's stages) once per OE weight;
+    every run scored by this bench (digits included), its accuracy read from the run."""
+    import mlflow
+
+    from ml.stages.chain import run_training
+    from ml.stages.data import build as build_dataset
+
+    home.mkdir(parents=True, exist_ok=True)
+    settings = pipeline_settings(home, class_target)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if mlflow.get_experiment_by_name(settings.experiment) is None:
+        mlflow.create_experiment(settings.experiment, artifact_location=(home / "artifacts").as_uri())
+    version = build_dataset(settings)["version"]
+    digits, runs = digits_images(), []
+    for weight in weights:
+        trained = run_training(settings, version, profile=profile, register=False,
+                               overrides={**overrides, "outlier_exposure_weight": weight})
+        data, predictor, _ = data_from_run(settings, trained["run_id"])
+        detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
+        add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits), digits))
+        block = default_block(detectors[summary["default_detector"]], data, summary)
+        run = {"outlier_exposure_weight": weight, "run_id": trained["run_id"],
+               **{k: trained[k] for k in ("val_accuracy", "test_accuracy", "train_seconds", "ood_default_detector",
+                                          "ood_heldout_auroc")},
+               "default": _rounded(block), "sanity_vetoed": summary.get("sanity_vetoed"),
+               "auroc_by_detector": {name: {s: round(m["auroc"], 4) for s, m in row["sets"].items()}
+                                     for name, row in summary["detectors"].items()},
+               "heldout_classes": summary["heldout_classes"]}
+        log.info("pipeline run: %s", json.dumps(run))
+        runs.append(run)
+    return {"bench": "ood", "mode": "pipeline", "profile": profile, "overrides": overrides, "dataset_version": version,
+            "model": f"{profile} profile through ml.stages.chain.run_training (train -> evaluate -> fit_ood), "
+                     f"snapshot {version} of the shared archives with the outlier source",
+            "default": runs[-1]["default"], "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-id", default="")
@@ -243,10 +293,24 @@ def main() -> None:
                         help="train the --train-profile model once per outlier-exposure weight (e.g. 0,0.5) and compare")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="HParams override for --compare-oe (e.g. max_minutes=4), repeatable")
+    parser.add_argument("--pipeline", choices=("smoke", "standard"), default="",
+                        help="train through the product's stages on the shared archives (with --compare-oe: "
+                             "once per weight; default weight: the profile's)")
+    parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench-ood"), help="store and MLflow of --pipeline")
+    parser.add_argument("--class-target", type=int, default=5000, help="images per class in --pipeline's snapshot")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(outlier_sources=tuple(f"folder:{DATASETS / n}" for n in OUTLIERS), ood_eval_archive="")
     start = time.perf_counter()
+    if args.pipeline:
+        from ml.hparams import get_profile, parse_overrides
+
+        weights = [float(w) for w in args.compare_oe.split(",")] if args.compare_oe else [
+            get_profile(args.pipeline).outlier_exposure_weight]
+        result = pipeline_runs(args.pipeline, weights, parse_overrides(args.set), Path(args.home).absolute(),
+                               args.class_target)
+        print(json.dumps({**result, "seconds": round(time.perf_counter() - start, 1)}))
+        return
     if args.compare_oe:
         from ml.hparams import parse_overrides
 
@@ -264,7 +328,8 @@ def main() -> None:
                           "or use --train-profile smoke"}))
         return
     detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
-    add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits_images())))
+    digits = digits_images()
+    add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits), digits))
     block = default_block(detectors[summary["default_detector"]], data, summary)
     print(json.dumps(report(summary, block, model, time.perf_counter() - start)))
 

@@ -80,8 +80,9 @@ class Settings:
     ood_target_tpr: float = 0.96
     ood_eval_archive: str = ""  # optional archive of OOD images evaluated at training time
     # Real outlier images, comma separated: folder:<path or archive>, cifar100-unchosen (ml.ood.outlier_data);
-    # split by class into fit / calibrate / evaluate groups.
-    outlier_sources: tuple[str, ...] = ()
+    # split by class into fit / calibrate / evaluate groups. `auto`: cifar100-unchosen whenever cifar100 is a
+    # data source; empty: none.
+    outlier_sources: tuple[str, ...] = ("auto",)
     imagenet_enabled: bool = True
     # Serving.
     serve_host: str = "127.0.0.1"

@@ -12,9 +12,11 @@ from ml.ood.detectors import (
 )
 from ml.ood.exposure import OtherClassDetector
 from ml.ood.fused import FusedDetector
+from ml.ood.pixel_stats import PixelStatsDetector
 
 # Simplest / fastest first: on an AUROC tie the earlier one becomes the default.
-SIMPLICITY = ("msp", "energy", "mahalanobis", "vim", "knn", "fused", "fused3", "other_binary", "other_class")
+SIMPLICITY = ("msp", "energy", "mahalanobis", "vim", "knn", "fused", "fused3", "other_binary", "other_class",
+              "pixel_stats")
 # AUROC differences below this are noise at a few thousand evaluation images.
 AUROC_TIE = 0.005
 # Without real outlier images there is nothing honest to choose on, so a fixed choice is served:
@@ -22,8 +24,9 @@ AUROC_TIE = 0.005
 FALLBACK_DEFAULT = "fused"
 
 
-def make_detectors(seed: int = 0, include_other: bool = True) -> dict[str, OODDetector]:
-    """Fresh, unfitted detectors by name: literature methods, a fused score and outlier-exposure heads."""
+def make_detectors(seed: int = 0, include_other: bool = True, include_pixels: bool = True) -> dict[str, OODDetector]:
+    """Fresh, unfitted detectors by name: literature methods, a fused score, outlier-exposure heads and
+    the pixel-statistics guard (evaluated alone too, so its own numbers are in the table)."""
     detectors: dict[str, OODDetector] = {
         "msp": MSPDetector(),
         "energy": EnergyDetector(),
@@ -36,6 +39,8 @@ def make_detectors(seed: int = 0, include_other: bool = True) -> dict[str, OODDe
     if include_other:
         detectors["other_class"] = OtherClassDetector(seed=seed)
         detectors["other_binary"] = OtherClassDetector("other_binary", multiclass=False, seed=seed)
+    if include_pixels:
+        detectors["pixel_stats"] = PixelStatsDetector(seed=seed)
     return detectors
 
 

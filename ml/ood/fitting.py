@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ml.ood.base import OODDetector, OODFeatures
-from ml.ood.catalog import FALLBACK_DEFAULT, make_detectors, pick_default
+from ml.ood.catalog import AUROC_TIE, FALLBACK_DEFAULT, make_detectors, pick_default
 from ml.ood.evaluate import evaluate_detector
 from ml.ood.exposure import OtherClassDetector
+from ml.ood.guarded import GuardedDetector
 
 log = logging.getLogger(__name__)
 # Per-class thresholds must catch this many more calibrate-group outliers than one global threshold
@@ -84,7 +85,8 @@ def fit_detectors(data: OODData, target_tpr: float, seed: int = 0,
     include_other = data.outlier_fit is not None and len(data.outlier_fit) > 0
     if not include_other:
         log.info("OOD: no fit-group outlier images (set VISIONLOOP_OUTLIER_SOURCES); skipping other_class")
-    detectors = make_detectors(seed=seed, include_other=include_other)
+    has_pixels = data.train.pixels is not None and data.val.pixels is not None
+    detectors = make_detectors(seed=seed, include_other=include_other, include_pixels=has_pixels)
     if only:
         detectors = {n: d for n, d in detectors.items() if n in only}
     facts = {}
@@ -161,4 +163,31 @@ def run(data: OODData, target_tpr: float, seed: int = 0,
     """Fit, calibrate and evaluate everything; returns (detectors, summary)."""
     require_real_sets(data)  # fail before minutes of fitting, not after
     detectors, facts = fit_detectors(data, target_tpr, seed, only)
-    return detectors, summarise(evaluate_all(detectors, data), facts, data, target_tpr)
+    summary = summarise(evaluate_all(detectors, data), facts, data, target_tpr)
+    return detectors, add_guard(detectors, summary, data, target_tpr)
+
+
+def add_guard(detectors: dict[str, OODDetector], summary: dict, data: OODData, target_tpr: float) -> dict:
+    """Put the pixel_stats guard beside the chosen detector (ml.ood.guarded) and serve the pair unless it
+    measurably loses on the held-out outlier classes: far-OOD images with no photo statistics are caught
+    even when the feature-space detector calls them ordinary. With no held-out classes the pair is served
+    (a fixed design choice, like the fused fallback)."""
+    default, primary = summary["default_detector"], summary["primary_ood_set"]
+    if "pixel_stats" not in detectors or default == "pixel_stats":
+        return summary
+    name = f"{default}_guarded"
+    guarded = GuardedDetector(name).combine(detectors[default], detectors["pixel_stats"], data.val)
+    facts = calibrate_best(guarded, data, target_tpr)
+    row = evaluate_detector(guarded, data.val, {**data.ood_sets, **data.sanity_sets}, data.test)
+    main = row["sets"].get(primary, {})
+    detectors[name] = guarded
+    summary["detectors"][name] = {**row, **facts, "fit_seconds": 0.0, "auroc": main.get("auroc"),
+                                  "fpr_at_95_tpr": main.get("fpr_at_95_tpr"), "catch_rate": main.get("ood_reject_rate")}
+    alone = summary["detectors"][default]["auroc"]
+    if primary == "none" or main["auroc"] >= alone - AUROC_TIE:
+        summary["default_detector"] = name
+        log.info("OOD: serving %s (held-out AUROC %s vs %s alone)", name, main.get("auroc"), alone)
+    else:
+        log.warning("OOD: %s loses on held-out classes (AUROC %.4f vs %.4f); serving %s without the guard",
+                    name, main["auroc"], alone, default)
+    return summary

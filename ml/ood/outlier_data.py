@@ -4,7 +4,8 @@
 - `folder:<directory or archive>`: images in `<class>/` folders, or flat ImageNet-style
   `<wnid>_<n>.JPEG` files (the class is the wnid);
 - `cifar100-unchosen`: the CIFAR-100 test images of the superclasses not chosen as classes, when the
-  `cifar100` data source is configured and its archive is already downloaded.
+  `cifar100` data source is configured and its archive is already downloaded;
+- `auto` (the default): `cifar100-unchosen` when `cifar100` is a data source, else nothing.
 Images are decoded exactly like training images (ml.data.decode -> ml.imaging: EXIF, RGB, centre
 crop, Lanczos to 32x32). Each class goes wholly to one group, fixed by a hash of its name, so a
 detector is always evaluated on kinds of outliers it never saw while fitted or calibrated.
@@ -51,13 +52,18 @@ class OutlierImages:
 
 
 def configured_sources(settings: Settings) -> tuple[str, ...]:
-    """The outlier sources in effect; the older VISIONLOOP_OOD_EVAL_ARCHIVE counts as one folder."""
+    """The outlier sources in effect; `auto` is cifar100-unchosen when cifar100 is a data source (the
+    superclasses not chosen as classes are the nearest outliers there are), and the older
+    VISIONLOOP_OOD_EVAL_ARCHIVE counts as one folder."""
     sources = tuple(getattr(settings, "outlier_sources", ()) or ())
+    auto = ("cifar100-unchosen",) if "cifar100" in settings.data_sources else ()
+    sources = tuple(dict.fromkeys(s for spec in sources for s in (auto if spec == "auto" else (spec,))))
     if settings.ood_eval_archive:
         sources += (f"folder:{settings.ood_eval_archive}",)
     for spec in sources:
         if not (spec.startswith("folder:") and len(spec) > 7) and spec != "cifar100-unchosen":
-            raise ValueError(f"VISIONLOOP_OUTLIER_SOURCES: {spec!r} is neither folder:<path> nor cifar100-unchosen")
+            raise ValueError(f"VISIONLOOP_OUTLIER_SOURCES: {spec!r} is none of folder:<path>, cifar100-unchosen, "
+                             "auto (or empty for none)")
     return sources
 
 

@@ -24,12 +24,15 @@ from ml.ood.detectors import (
 )
 from ml.ood.exposure import OtherClassDetector
 from ml.ood.fused import FusedDetector
+from ml.ood.guarded import GuardedDetector
+from ml.ood.pixel_stats import PixelStatsDetector
 
 SUMMARY = "summary.json"
 FORMAT = 1
 KINDS: dict[str, type[OODDetector]] = {
     "msp": MSPDetector, "energy": EnergyDetector, "knn": KNNDetector, "mahalanobis": MahalanobisDetector,
     "vim": ViMDetector, "fused": FusedDetector, "other_class": OtherClassDetector,
+    "pixel_stats": PixelStatsDetector, "guarded": GuardedDetector,
 }
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -23,8 +23,8 @@ N_SYNTHETIC = 500  # noise / scrambled images: a far-OOD sanity set that needs n
 
 
 def features(predictor, x: np.ndarray) -> OODFeatures:
-    """The model's outputs on x as detector input (no detector reads pixels)."""
-    return OODFeatures.from_prediction(predictor.predict_batched(x))
+    """The model's outputs on x, with the pixels (the pixel_stats guard reads them), as detector input."""
+    return OODFeatures.from_prediction(predictor.predict_batched(x), pixels=x)
 
 
 def synthetic_ood(x_val: np.ndarray, seed: int) -> np.ndarray:

@@ -91,8 +91,18 @@ def test_split_is_by_class_deterministic_and_disjoint():
 def test_outlier_sources_setting(tmp_path):
     settings = Settings.from_env({"VISIONLOOP_OUTLIER_SOURCES": f"folder:{tmp_path},cifar100-unchosen"})
     assert configured_sources(settings) == (f"folder:{tmp_path}", "cifar100-unchosen")
-    with pytest.raises(ValueError, match="neither folder"):
+    with pytest.raises(ValueError, match="none of folder"):
         configured_sources(settings.with_(outlier_sources=("imagenet",)))
+
+
+def test_outlier_sources_default_to_the_unchosen_cifar100_superclasses_when_cifar100_is_used():
+    default = Settings.from_env({})
+    assert default.outlier_sources == ("auto",) and "cifar100" in default.data_sources
+    assert configured_sources(default) == ("cifar100-unchosen",)
+    assert configured_sources(default.with_(data_sources=("folder:/photos", "feedback"))) == ()
+    assert configured_sources(Settings.from_env({"VISIONLOOP_OUTLIER_SOURCES": ""})) == ()  # empty: none
+    both = default.with_(outlier_sources=("auto", "cifar100-unchosen", "folder:/x"))
+    assert configured_sources(both) == ("cifar100-unchosen", "folder:/x")
 
 
 def test_synthetic_ood_has_val_colours_but_no_structure():
