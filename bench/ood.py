@@ -69,6 +69,24 @@ def digits_images() -> np.ndarray:
     return decode_chunk(pngs)[0]
 
 
+def photo_patches(n: int = 500, seed: int = 0) -> np.ndarray:
+    """Crops of scikit-learn's two bundled sample photos (a temple, a flower), Lanczos to 32x32: non-object
+    images. The pixel guard's design (statistics, mixture size) was checked on these and on noise, never
+    on digits, so digits stays a check set."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng, crops = np.random.default_rng(seed), []
+    photos = load_sample_images().images
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(48, 160))
+        top, left = int(rng.integers(0, photo.shape[0] - side)), int(rng.integers(0, photo.shape[1] - side))
+        crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((32, 32), Image.LANCZOS)
+        crops.append(np.asarray(crop))
+    return np.stack(crops)
+
+
 def data_from_run(settings: Settings, run_id: str):
     """The pipeline's own data: the run's model on its snapshot, with the configured outlier groups."""
     from ml.inference import Predictor
@@ -136,14 +154,16 @@ def quick_model(settings: Settings, profile: str, per_class: int):
                              f"{len(y_tr)} train images, Adam): val accuracy {accuracy:.3f}")
 
 
-def add_digits(detectors: dict, summary: dict, data: fitting.OODData, digits: OODFeatures) -> None:
-    """Score digits with every fitted detector into summary's rows, after the default was chosen: a far-OOD
-    evaluation set, never a sanity set (the selector vetoes on sanity sets; the product has no digits)."""
+def add_digits(detectors: dict, summary: dict, data: fitting.OODData, predictor, digits: np.ndarray) -> None:
+    """Score the far-OOD sets (digits; photo patches) with every fitted detector into summary's rows, after
+    the default was chosen: evaluation only, never sanity sets (the selector vetoes on sanity sets)."""
     from ml.ood.evaluate import evaluate_detector
 
+    patches = photo_patches()
+    far = {name: OODFeatures.from_prediction(predictor.predict_batched(x), x)
+           for name, x in (("digits", digits), ("photo_patches", patches))}
     for name, detector in detectors.items():
-        summary["detectors"][name]["sets"]["digits"] = evaluate_detector(detector, data.val, {"digits": digits},
-                                                                         data.test)["sets"]["digits"]
+        summary["detectors"][name]["sets"].update(evaluate_detector(detector, data.val, far, data.test)["sets"])
 
 
 def default_block(detector, data: fitting.OODData, summary: dict) -> dict:
@@ -156,7 +176,8 @@ def default_block(detector, data: fitting.OODData, summary: dict) -> dict:
             "heldout_auroc": row["sets"].get("heldout", {}).get("auroc"),
             "heldout_catch_served": row["sets"].get("heldout", {}).get("ood_reject_rate"),
             "heldout_catch_at_5pct": float(np.mean(heldout > cut)) if len(heldout) else None,
-            "id_reject": row["id_reject_rate"], "digits_auroc": row["sets"]["digits"]["auroc"]}
+            "id_reject": row["id_reject_rate"], "digits_auroc": row["sets"]["digits"]["auroc"],
+            "photo_patches_auroc": row["sets"]["photo_patches"]["auroc"]}
 
 
 def report(summary: dict, block: dict, model: str, seconds: float) -> dict:
@@ -204,7 +225,7 @@ def oe_run(settings: Settings, hp, splits: dict, sources: list, digits: np.ndarr
     predictor, numbers = product_model(settings, hp, splits, fit_group_images(stored))
     data = ood_data(settings, predictor, splits["train"], splits["val"][0], splits["test"][0], stored)
     detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
-    add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits), digits))
+    add_digits(detectors, summary, data, predictor, digits)
     block = default_block(detectors[summary["default_detector"]], data, summary)
     by_detector = {name: {s: round(m["auroc"], 4) for s, m in row["sets"].items()}
                    for name, row in summary["detectors"].items()}
@@ -266,7 +287,7 @@ def pipeline_runs(profile: str, weights: list[float], overrides: dict, home: Pat
                                overrides={**overrides, "outlier_exposure_weight": weight})
         data, predictor, _ = data_from_run(settings, trained["run_id"])
         detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
-        add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits), digits))
+        add_digits(detectors, summary, data, predictor, digits)
         block = default_block(detectors[summary["default_detector"]], data, summary)
         run = {"outlier_exposure_weight": weight, "run_id": trained["run_id"],
                **{k: trained[k] for k in ("val_accuracy", "test_accuracy", "train_seconds", "ood_default_detector",
@@ -328,8 +349,7 @@ def main() -> None:
                           "or use --train-profile smoke"}))
         return
     detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
-    digits = digits_images()
-    add_digits(detectors, summary, data, OODFeatures.from_prediction(predictor.predict_batched(digits), digits))
+    add_digits(detectors, summary, data, predictor, digits_images())
     block = default_block(detectors[summary["default_detector"]], data, summary)
     print(json.dumps(report(summary, block, model, time.perf_counter() - start)))
 

@@ -41,7 +41,9 @@ def _statistics(pixels: np.ndarray) -> np.ndarray:
     laplacian = np.abs(4 * luma[:, 1:-1, 1:-1] - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1]
                        - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]).mean(axis=(1, 2))
     bins = np.minimum((luma * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1).reshape(len(x), -1)
-    counts = np.stack([np.bincount(row, minlength=HISTOGRAM_BINS) for row in bins]) / bins.shape[1]
+    offsets = (np.arange(len(x)) * HISTOGRAM_BINS)[:, None]  # one bincount for the whole chunk
+    counts = np.bincount((bins + offsets).ravel(), minlength=len(x) * HISTOGRAM_BINS).reshape(len(x), -1)
+    counts = counts / bins.shape[1]
     entropy = -(counts * np.log(counts + 1e-9)).sum(axis=1)
     return np.c_[mean, spread, saturation, np.log(edges + EPS), np.log(laplacian + EPS) - np.log(edges + EPS),
                  entropy].astype(np.float32)
