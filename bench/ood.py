@@ -258,40 +258,46 @@ def compare_oe(settings: Settings, profile: str, overrides: dict, weights: list[
             "n_images": n, "runs": runs}
 
 
-def pipeline_settings(home: Path, class_target: int) -> Settings:
-    """The product's default settings plus the outlier source, with its own store and MLflow database."""
-    return Settings.from_env(
-        home=home, data_sources=tuple(f"folder:{DATASETS / n}" for n in ID_ARCHIVES),
-        outlier_sources=tuple(f"folder:{DATASETS / n}" for n in OUTLIERS), ood_eval_archive="",
-        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", experiment="bench-ood", model_name="bench-ood",
-        class_target=class_target, imagenet_enabled=False)
+def pipeline_env(home: Path, class_target: int) -> dict[str, str]:
+    """The product's default settings plus the outlier source, with a store and MLflow database of its own
+    (as environment variables: the train stage runs in a fresh interpreter, as the DAG runs it)."""
+    return {"VISIONLOOP_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+            "VISIONLOOP_DATA_SOURCES": ",".join(f"folder:{DATASETS / n}" for n in ID_ARCHIVES),
+            "VISIONLOOP_OUTLIER_SOURCES": ",".join(f"folder:{DATASETS / n}" for n in OUTLIERS),
+            "VISIONLOOP_OOD_EVAL_ARCHIVE": "", "VISIONLOOP_EXPERIMENT": "bench-ood", "VISIONLOOP_MODEL_NAME": "bench-ood",
+            "VISIONLOOP_CLASS_TARGET": str(class_target), "VISIONLOOP_IMAGENET_ENABLED": "false"}
 
 
-def pipeline_runs(profile: str, weights: list[float], overrides: dict, home: Path, class_target: int) -> dict:
-    """One dataset snapshot, then train -> evaluate -> fit_ood (the product's stages) once per OE weight;
-    every run scored by this bench (digits included), its accuracy read from the run."""
+def pipeline_runs(profile: str, weights: list[float], overrides: list[str], home: Path, class_target: int) -> dict:
+    """One dataset snapshot, then the DAG's train task (a fresh interpreter) and evaluate stage once per OE
+    weight; every run's detectors fitted by fit_ood's code (ml.ood.fitting.run) and scored here, digits included."""
+    import os
+
     import mlflow
 
-    from ml.stages.chain import run_training
     from ml.stages.data import build as build_dataset
+    from ml.stages.evaluate import evaluate
+    from ml.stages.fresh_process import run_stage
 
     home.mkdir(parents=True, exist_ok=True)
-    settings = pipeline_settings(home, class_target)
+    os.environ.update(pipeline_env(home, class_target))
+    settings = Settings.from_env()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if mlflow.get_experiment_by_name(settings.experiment) is None:
         mlflow.create_experiment(settings.experiment, artifact_location=(home / "artifacts").as_uri())
     version = build_dataset(settings)["version"]
     digits, runs = digits_images(), []
     for weight in weights:
-        trained = run_training(settings, version, profile=profile, register=False,
-                               overrides={**overrides, "outlier_exposure_weight": weight})
+        sets = [arg for o in [*overrides, f"outlier_exposure_weight={weight}"] for arg in ("--set", o)]
+        trained = run_stage("ml.stages.train", ["--dataset", version, "--profile", profile, *sets])
+        tested = evaluate(settings, trained["run_id"])
         data, predictor, _ = data_from_run(settings, trained["run_id"])
         detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
         add_digits(detectors, summary, data, predictor, digits)
         block = default_block(detectors[summary["default_detector"]], data, summary)
         run = {"outlier_exposure_weight": weight, "run_id": trained["run_id"],
-               **{k: trained[k] for k in ("val_accuracy", "test_accuracy", "train_seconds", "ood_default_detector",
-                                          "ood_heldout_auroc")},
+               "val_accuracy": trained["val_accuracy"], "test_accuracy": tested["test_accuracy"],
+               "train_seconds": trained["train_seconds"], "epochs_run": trained.get("epochs_run"),
                "default": _rounded(block), "sanity_vetoed": summary.get("sanity_vetoed"),
                "auroc_by_detector": {name: {s: round(m["auroc"], 4) for s, m in row["sets"].items()}
                                      for name, row in summary["detectors"].items()},
@@ -299,8 +305,8 @@ def pipeline_runs(profile: str, weights: list[float], overrides: dict, home: Pat
         log.info("pipeline run: %s", json.dumps(run))
         runs.append(run)
     return {"bench": "ood", "mode": "pipeline", "profile": profile, "overrides": overrides, "dataset_version": version,
-            "model": f"{profile} profile through ml.stages.chain.run_training (train -> evaluate -> fit_ood), "
-                     f"snapshot {version} of the shared archives with the outlier source",
+            "model": f"{profile} profile: the DAG's train task (fresh interpreter) on snapshot {version} of the shared "
+                     "archives with the outlier source; detectors fitted by the fit_ood stage's code",
             "default": runs[-1]["default"], "runs": runs}
 
 
@@ -328,8 +334,8 @@ def main() -> None:
 
         weights = [float(w) for w in args.compare_oe.split(",")] if args.compare_oe else [
             get_profile(args.pipeline).outlier_exposure_weight]
-        result = pipeline_runs(args.pipeline, weights, parse_overrides(args.set), Path(args.home).absolute(),
-                               args.class_target)
+        parse_overrides(args.set)  # a typo fails here, not after the dataset build
+        result = pipeline_runs(args.pipeline, weights, args.set, Path(args.home).absolute(), args.class_target)
         print(json.dumps({**result, "seconds": round(time.perf_counter() - start, 1)}))
         return
     if args.compare_oe:

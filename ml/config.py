@@ -66,6 +66,9 @@ class Settings:
     profile: str = "standard"
     arch: str = ""  # empty: the profile's default architecture
     train_init: str = ""  # empty: the profile's (champion: fine-tune the serving champion); "scratch" a new model
+    # Fine-tunes of fine-tunes drift (weights, BN statistics, a learning-rate schedule that never restarts):
+    # after this many generations in a row the next retraining starts from scratch. 0: never bound.
+    finetune_max_generations: int = 4
     feedback_weight: int = 0  # copies of each corrected image per training epoch; 0: the profile's
     train_schedule: str = "@weekly"  # "none" switches the time schedule off
     # Registry gate.

@@ -42,4 +42,4 @@ def initial_model(hp: HParams, classes: list[str], x_train: np.ndarray,
         init_whitening(model, x_train)
         model.get_layer("stem").trainable = False  # airbench keeps the whitening filters fixed
         init_dirac(model)
-    return model, hp, info
+    return model, hp, {**info, "finetune_generation": "0"}

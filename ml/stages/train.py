@@ -65,8 +65,16 @@ def champion_start(settings: Settings, classes: list[str]) -> tuple[Any, dict[st
     info = tracking.load_dict(settings, run_id, "bundle/bundle.json")
     if list(info.get("classes", [])) != list(classes):
         return None, {"init_used": "scratch", "init_reason": f"champion v{version} has other classes"}
+    # Runs from before generations were counted have no param: they count as a scratch start.
+    generation = int(tracking.client(settings).get_run(run_id).data.params.get("finetune_generation", 0))
+    limit = settings.finetune_max_generations
+    if limit and generation >= limit:
+        return None, {"init_used": "scratch", "init_reason": f"champion v{version} is fine-tune generation "
+                      f"{generation}; after {limit} in a row a retraining starts from scratch "
+                      "(VISIONLOOP_FINETUNE_MAX_GENERATIONS)"}
     return tracking.load_run_model(settings, run_id), {"init_used": "champion", "init_version": str(version),
-                                                       "init_run_id": run_id, "arch": str(info.get("arch", ""))}
+                                                       "init_run_id": run_id, "arch": str(info.get("arch", "")),
+                                                       "finetune_generation": str(generation + 1)}
 
 
 def outlier_images(settings: Settings, dataset_version: str, hp: HParams) -> np.ndarray | None:
@@ -198,10 +206,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train one model on a snapshot (the training_pipeline's train task).")
     parser.add_argument("--dataset", required=True, help="snapshot version")
     parser.add_argument("--profile", default=None, help="training profile (default: VISIONLOOP_PROFILE)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="HParams override on top of the profile (repeatable), e.g. outlier_exposure_weight=0")
     parser.add_argument("--result-file", required=True, help="where to write the stage's result as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train(Settings.from_env(), args.dataset, profile=args.profile)
+    from ml.hparams import parse_overrides
+
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = train(Settings.from_env(), args.dataset, profile=args.profile, overrides=overrides or None)
     Path(args.result_file).write_text(json.dumps(result, default=float))
 
 

@@ -34,6 +34,28 @@ def test_fine_tuning_starts_from_the_champions_weights(champion, smoke_run):
     # Before the first step the model scores exactly what the champion scored on the same images.
     assert run.data.metrics["init_val_accuracy"] == pytest.approx(smoke_run.result["val_accuracy"], abs=1e-9)
     assert int(run.data.params["epochs"]) >= 2 and float(run.data.params["learning_rate"]) < 0.05  # fine-tune
+    assert run.data.params["finetune_generation"] == "1"  # the champion was trained from scratch
+
+
+def test_after_the_generation_limit_a_retraining_starts_from_scratch(champion):
+    """A champion that is itself the 4th fine-tune in a row is not fine-tuned again (limit 4)."""
+    import mlflow
+
+    from ml.stages import tracking
+    from ml.stages.train import champion_start
+
+    settings, version = champion
+    bundle = tracking.load_dict(settings, tracking.run_id_of_version(settings, version), "bundle/bundle.json")
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    mlflow.set_experiment(settings.experiment)
+    with mlflow.start_run() as run:  # only what champion_start reads: the generation and the class list
+        mlflow.log_param("finetune_generation", "4")
+        mlflow.log_dict(bundle, "bundle/bundle.json")
+    fourth = client.create_model_version(settings.model_name, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_registered_model_alias(settings.model_name, "champion", fourth.version)
+    model, info = champion_start(settings.with_(finetune_max_generations=4), bundle["classes"])
+    assert model is None and info["init_used"] == "scratch"
+    assert "fine-tune generation 4" in info["init_reason"] and "VISIONLOOP_FINETUNE_MAX_GENERATIONS" in info["init_reason"]
 
 
 def test_a_changed_class_list_trains_from_scratch_and_says_why(champion, tmp_path):
