@@ -36,7 +36,8 @@ def initial_model(hp: HParams, classes: list[str], x_train: np.ndarray,
             if "stem" in [layer.name for layer in model.layers]:
                 model.get_layer("stem").trainable = False  # as in training from scratch
             return model, finetune(hp).with_(arch=info.pop("arch") or hp.arch), info
-        log.warning("init=champion: %s; training from scratch", info["init_reason"])
+        # Every first run and every planned scratch retraining lands here: normal, so not a warning.
+        log.info("init=champion: %s; training from scratch", info["init_reason"])
     model = build_model(hp.arch, len(classes), width=hp.width, activation=hp.activation, bn_momentum=hp.bn_momentum)
     if hp.whiten and hp.arch == "airnet":
         init_whitening(model, x_train)
