@@ -67,6 +67,12 @@ def configured_sources(settings: Settings) -> tuple[str, ...]:
     return sources
 
 
+def named_sources(settings: Settings) -> tuple[str, ...]:
+    """The sources the user named (configured_sources without what the `auto` default added)."""
+    return configured_sources(settings.with_(outlier_sources=tuple(
+        spec for spec in (getattr(settings, "outlier_sources", ()) or ()) if spec != "auto")))
+
+
 def load_sources(settings: Settings, workers: int = 1) -> list[OutlierImages]:
     """Every configured source that yields images; a missing path is an error, not a silent skip."""
     out = []

@@ -43,9 +43,12 @@ def outlier_features(settings: Settings, predictor, sources: list[outlier_data.O
     """OODData's outlier fields from VISIONLOOP_OUTLIER_SOURCES (or already loaded `sources`, e.g. from
     a dataset snapshot), split by class (ml.ood.outlier_data); `fit_only` (users' "none of these")
     always joins the fit group, so the held-out numbers the gate compares never depend on them."""
-    configured = bool(sources) if sources is not None else bool(outlier_data.configured_sources(settings))
+    # Sources a user named must deliver held-out classes (the selector refuses otherwise); the `auto`
+    # default counts only when it found images (no cifar100 archive: nothing real, not an error).
+    named = sources is None and bool(outlier_data.named_sources(settings))
     if sources is None:
         sources = outlier_data.load_sources(settings, workers=default_workers())
+    configured = named or any(len(s.images) for s in sources)
     groups = outlier_data.split_by_class(sources)
     groups["fit"] = [*groups["fit"], *fit_only]
     for group, parts in groups.items():
