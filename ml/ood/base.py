@@ -126,9 +126,7 @@ class OODDetector:
         out = np.ones(len(raw), dtype=np.float64)
         for c in np.unique(predicted):
             rows = predicted == c
-            cal = self._calibration(int(c))
-            at_least = len(cal) - np.searchsorted(cal, raw[rows], side="left")
-            out[rows] = (1.0 + at_least) / (len(cal) + 1.0)
+            out[rows] = tail_p_values(self._calibration(int(c)), raw[rows])
         return out
 
     def score(self, features: OODFeatures) -> OODResult:
@@ -141,6 +139,12 @@ class OODDetector:
         raw_thresholds = self.thresholds_[predicted]
         is_ood = raw > raw_thresholds  # the same as p <= 1 - target_tpr, without float rounding
         return OODResult(is_ood, 1.0 - p, np.full(len(raw), self.target_tpr_), self.name, p, raw, raw_thresholds)
+
+
+def tail_p_values(reference_sorted: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """(1 + #{reference >= raw}) / (n + 1): the conformal p-value of each raw score among sorted references."""
+    at_least = len(reference_sorted) - np.searchsorted(reference_sorted, raw, side="left")
+    return (1.0 + at_least) / (len(reference_sorted) + 1.0)
 
 
 def _raw_threshold(sorted_scores: np.ndarray, alpha: float) -> float:

@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml.ood.base import OODDetector, OODFeatures
+from ml.ood.base import OODDetector, OODFeatures, tail_p_values
 
 # A quarter of the false-alarm budget goes to the guard: enough for images whose statistics no
 # training image has (their guard p-value is the smallest possible), little taken from the primary.
 GUARD_SHARE = 0.25
-
-
-def tail_p_values(reference_sorted: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """(1 + #{reference >= raw}) / (n + 1): how ordinary each raw score is among the reference."""
-    at_least = len(reference_sorted) - np.searchsorted(reference_sorted, raw, side="left")
-    return (1.0 + at_least) / (len(reference_sorted) + 1.0)
 
 
 class GuardedDetector(OODDetector):
