@@ -114,10 +114,11 @@ class Shipper:
         doc = json.loads(path.read_bytes())
         if not isinstance(doc, dict) or doc.get("segment") != seq:
             raise SpoolCorrupt("sealed batch is not an object for its segment")
-        for key, blob, content_type, *sha in doc["images"]:
-            self.store.put_bytes(key, self._blob(seq, blob, sha[0] if sha else None), content_type)
-        for pointer in doc.get("pointers", []):
-            self.store.put_bytes(layout.request_pointer(pointer["request_id"]), _compact(pointer), "application/json")
+        objects = [(key, self._blob(seq, blob, sha[0] if sha else None), content_type)
+                   for key, blob, content_type, *sha in doc["images"]]
+        objects += [(layout.request_pointer(p["request_id"]), _compact(p), "application/json")
+                    for p in doc.get("pointers", [])]
+        self.store.put_many(objects)  # one flush (local) or parallel PUTs (S3) for the whole batch
         for fb in doc["feedback"]:
             self._ship_feedback(seq, fb)
         if doc["batch_key"]:

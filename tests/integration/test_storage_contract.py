@@ -82,6 +82,22 @@ def test_uri_names_the_store(store):
     assert store.uri("datasets/v1/manifest.json").endswith("datasets/v1/manifest.json")
 
 
+def test_put_many_writes_every_object_byte_identical(store):
+    objects = [(f"requests/x/{i:03d}.png", bytes([i]) * (i + 1), "image/png") for i in range(40)]
+    store.put_bytes("requests/x/005.png", b"older")
+    store.put_many(objects)
+    assert sorted(store.list("requests/x/")) == [key for key, _, _ in objects]
+    assert all(store.get_bytes(key) == data for key, data, _ in objects)
+
+
+def test_local_put_many_that_fails_leaves_no_object_and_no_temp_file(tmp_path):
+    store = LocalStore(tmp_path / "s")
+    store.put_bytes("k/blocker", b"a file where a folder is needed")
+    with pytest.raises(StorageUnavailable):
+        store.put_many([("k/a", b"1", "x"), ("k/blocker/b", b"2", "x")])
+    assert [p.name for p in (tmp_path / "s" / "k").iterdir()] == ["blocker"]
+
+
 def test_local_writes_leave_no_temp_files(tmp_path):
     store = LocalStore(tmp_path / "s")
     for i in range(20):
