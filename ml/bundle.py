@@ -100,8 +100,17 @@ class ServingBundle:
             raise BundleRejected("smoke", f"version {self.version}: classify failed on test images: {exc}") from exc
         self._check_reference_images()
 
-    def _check_reference_images(self, tolerance: float = 5e-3) -> None:
-        """Val images logged at training (`bundle/smoke.npz`) must score as they did then, on this runtime."""
+    def _check_reference_images(self) -> None:
+        """Val images logged at training (`bundle/smoke.npz`) must score as they did then, on this runtime.
+
+        bf16 rounds every layer (its export was accepted on accuracy and OOD AUROC, not on 2e-3): its bound
+        is twice the largest difference its export check saw on the whole val split; a wrong or corrupted
+        model still misses that by far.
+        """
+        tolerance = 5e-3
+        if getattr(self.predictor, "effective_precision", "f32") == "bf16":
+            seen = self.predictor.meta.get("checks", {}).get("bf16", {}).get("max_prob_diff", 0.05)
+            tolerance = max(tolerance, 2 * float(seen))
         path = next((p for p in (self.root / "bundle" / SMOKE_FILE, self.root / SMOKE_FILE)
                      if self.root is not None and p.is_file()), None)
         if path is None:

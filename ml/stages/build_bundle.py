@@ -33,12 +33,12 @@ def write_parts(out: Path, embeddings: np.ndarray, labels: np.ndarray, ids: list
 
 def build_bundle(settings: Settings, run_id: str) -> dict:
     """Embed the run's training images with its model; log `bundle/similarity/` and `bundle/imagenet/`."""
-    from ml.inference import Predictor
-
     client = tracking.client(settings)
     version = tracking.dataset_version_of_run(settings, run_id)
     x, y, keep = train_features(settings, version)
-    embeddings = Predictor(tracking.load_run_model(settings, run_id)).predict_batched(x).embeddings
+    with tempfile.TemporaryDirectory(prefix="visionloop-forward-") as workdir:  # the forward pass serving runs
+        predictor, _ = tracking.served_forward(settings, run_id, workdir)
+        embeddings = predictor.predict_batched(x).embeddings
     ids = [layout.image_id(version, "train", int(i)) for i in keep]
     with tempfile.TemporaryDirectory(prefix="visionloop-bundle-") as tmp:
         out = write_parts(Path(tmp), embeddings, y, ids)

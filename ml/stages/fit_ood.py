@@ -31,11 +31,12 @@ def build_data(settings: Settings, version: str, predictor) -> fitting.OODData:
 
 def fit_ood(settings: Settings, run_id: str) -> dict:
     """Fit the detectors on the run's model and snapshot; log metrics, tags, `bundle/ood/` and `ood_evaluation/`."""
-    from ml.inference import Predictor
-
     client = tracking.client(settings)
     version = tracking.dataset_version_of_run(settings, run_id)
-    data = build_data(settings, version, Predictor(tracking.load_run_model(settings, run_id)))
+    with tempfile.TemporaryDirectory(prefix="visionloop-forward-") as workdir:
+        predictor, forward = tracking.served_forward(settings, run_id, workdir)
+        data = build_data(settings, version, predictor)
+    client.set_tag(run_id, "ood_features_forward", forward)
     detectors, summary = fitting.run(data, settings.ood_target_tpr, settings.seed)
     metrics, tags = pipeline.metrics_and_tags(summary)
     for key, value in metrics.items():

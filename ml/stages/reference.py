@@ -31,15 +31,15 @@ def ood_summary(settings: Settings, run_id: str) -> dict | None:
 
 def reference(settings: Settings, run_id: str) -> dict:
     """Compute the run's reference pack on its validation split and log it under bundle/reference/."""
-    from ml.inference import Predictor
-
     client = tracking.client(settings)
     version = tracking.dataset_version_of_run(settings, run_id)
     x_val, y_val = snapshots.split(settings, version, "val")
     x_train, y_train = snapshots.split(settings, version, "train")
     classes = list(snapshots.manifest(settings, version).get("classes") or settings.classes)
     class_hists = imaging.class_mean_histograms(x_train, y_train, len(classes))
-    outputs = Predictor(tracking.load_run_model(settings, run_id)).predict_batched(x_val)
+    with tempfile.TemporaryDirectory(prefix="visionloop-forward-") as workdir:  # the forward pass serving runs
+        predictor, _ = tracking.served_forward(settings, run_id, workdir)
+        outputs = predictor.predict_batched(x_val)
     rate = expected_ood_rate(ood_summary(settings, run_id), settings.ood_target_tpr)
     pack = ReferencePack.from_outputs(x_val, y_val, outputs.probs, outputs.embeddings, class_hists, classes, rate,
                                       seed=settings.seed)

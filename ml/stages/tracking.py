@@ -96,6 +96,26 @@ def load_run_model(settings: Settings, run_id: str) -> Any:
     return load_keras(f"runs:/{run_id}/model")
 
 
+def served_forward(settings: Settings, run_id: str, workdir: str) -> tuple[object, str]:
+    """(predictor, name) of the forward pass serving will run: the run's OpenVINO export where it chose
+    reduced precision (so detectors are fitted and calibrated on the features serving computes), else
+    TensorFlow (f32 OpenVINO matches it to 1e-6)."""
+    from ml.inference import Predictor
+    from ml.runtime import serving_predictor
+
+    if settings.inference_runtime != "tensorflow":
+        try:
+            meta = load_dict(settings, run_id, "bundle/openvino/openvino.json")
+        except Exception:  # noqa: BLE001  (no export: the run serves TensorFlow)
+            meta = {}
+        if meta.get("precision_hint") == "bf16":
+            directory = download(settings, run_id, "bundle/openvino", workdir)
+            predictor = serving_predictor(directory, settings.inference_runtime, settings.openvino_threads)
+            if predictor is not None and predictor.effective_precision == "bf16":
+                return predictor, "openvino-bf16"
+    return Predictor(load_run_model(settings, run_id)), "tensorflow"
+
+
 def load_version_model(settings: Settings, version: str | int) -> Any:
     """The Keras model behind a registered version (registered as a pyfunc: read its run's `model`)."""
     return load_run_model(settings, run_id_of_version(settings, version))

@@ -117,14 +117,16 @@ def train(settings: Settings, dataset_version: str, profile: str | None = None,
             mlflow.log_metric("init_val_accuracy", val_accuracy_of(Predictor(model), data["val"]))
         timing = fit(model, data, hp, feedback_repeats(is_feedback, hp.feedback_weight), callbacks=[MlflowEpochs()],
                      outliers=outlier_images(settings, dataset_version, hp))
-        val_accuracy = log_trained(model, hp, classes, dataset_version, data["val"], timing)
+        val_accuracy = log_trained(model, hp, classes, dataset_version, data["val"], timing,
+                                   heldout_outliers(settings, dataset_version))
         log.info("run %s: val_accuracy %.4f in %.0f s", run.info.run_id, val_accuracy, timing["train_seconds"])
     return {"run_id": run.info.run_id, "val_accuracy": val_accuracy, "arch": hp.arch, "profile": profile,
             "dataset_version": dataset_version, "init_used": init["init_used"], **timing}
 
 
 def log_trained(model: keras.Model, hp: HParams, classes: list[str], dataset_version: str,
-                val: tuple[np.ndarray, np.ndarray], timing: dict[str, float]) -> float:
+                val: tuple[np.ndarray, np.ndarray], timing: dict[str, float],
+                outliers: np.ndarray | None = None) -> float:
     """Into the open run: val accuracy and timing, the model, bundle.json, smoke images, OpenVINO; the val accuracy."""
     predictor = Predictor(model)
     val_accuracy = val_accuracy_of(predictor, val)
@@ -134,7 +136,7 @@ def log_trained(model: keras.Model, hp: HParams, classes: list[str], dataset_ver
     mlflow.log_dict({"classes": classes, "dataset_version": dataset_version, "arch": hp.arch,
                      "embedding_dim": predictor.embedding_dim, "image_size": 32}, "bundle/bundle.json")
     log_smoke_images(predictor, val[0])
-    log_openvino(predictor, val)
+    log_openvino(predictor, val, outliers)
     return val_accuracy
 
 
@@ -171,19 +173,34 @@ def log_smoke_images(predictor: Predictor, images: np.ndarray, n: int = 16) -> N
         mlflow.log_artifact(str(path), "bundle")
 
 
-def log_openvino(predictor: Predictor, val: tuple[np.ndarray, np.ndarray]) -> None:
-    """Export the forward pass to OpenVINO IR as bundle/openvino/, precision chosen on val; never fails the run."""
+def log_openvino(predictor: Predictor, val: tuple[np.ndarray, np.ndarray], outliers: np.ndarray | None) -> None:
+    """Export the forward pass to OpenVINO IR as bundle/openvino/, precision chosen on val and held-out
+    outliers; never fails the run."""
     from ml.runtime import export_openvino
 
     try:
         with tempfile.TemporaryDirectory(prefix="visionloop-openvino-") as tmp:
-            meta = export_openvino(predictor, tmp, check=val)
+            meta = export_openvino(predictor, tmp, check=val, outliers=outliers)
             mlflow.log_artifacts(tmp, "bundle/openvino")
-        mlflow.log_param("openvino_precision", meta["precision_hint"])
-        mlflow.log_metrics({f"openvino_{p}_{k}": float(meta["checks"][p][k]) for p in ("f32", "bf16")
-                            for k in ("label_agreement", "max_prob_diff", "accuracy")})
+        mlflow.log_params({"openvino_precision": meta["precision_hint"],
+                           "openvino_precision_reason": meta["precision_reason"][:500]})
+        mlflow.log_metrics({f"openvino_{p}_{k}": float(check[k]) for p, check in meta["checks"].items()
+                            for k in ("label_agreement", "max_prob_diff", "accuracy", "ood_auroc") if k in check})
+        log.info("OpenVINO export: %s (%s)", meta["precision_hint"], meta["precision_reason"])
     except Exception as exc:  # noqa: BLE001  (an optional speed-up must never cost the trained model)
         log.warning("OpenVINO export skipped: %s", exc)
+
+
+def heldout_outliers(settings: Settings, dataset_version: str, limit: int = 2000) -> np.ndarray | None:
+    """Up to `limit` images of the snapshot's evaluate-group outlier classes (never trained on), or None."""
+    from ml.ood.outlier_data import split_by_class
+
+    sources = snapshots.outliers(settings, dataset_version)
+    parts = split_by_class(list(sources["configured"]))["evaluate"] if sources else []
+    if not parts:
+        return None
+    images = np.concatenate([part.images for part in parts])
+    return images[np.random.default_rng(0).permutation(len(images))[:limit]]
 
 
 def log_dataset_input(settings: Settings, version: str, manifest: dict,

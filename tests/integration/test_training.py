@@ -68,3 +68,28 @@ def test_evaluate_logs_test_metrics_and_figures(smoke_run):  # noqa: F811
     assert {"plots/confusion_matrix.png", "plots/training_curves.png", "plots/tsne_embeddings.png",
             "plots/first_layer_filters.png", "reports/classification_report.txt",
             "reports/classification_report.json"} <= logged
+
+
+def test_stages_after_training_use_the_forward_pass_serving_runs(smoke_run, tmp_path):  # noqa: F811
+    """f32 export: TensorFlow (identical to 1e-6); an export that chose bf16: that export, so detectors,
+    similarity index and drift reference see the features serving computes."""
+    from mlflow import MlflowClient
+
+    from ml.runtime import OpenVINOPredictor
+    from ml.stages.tracking import download, load_dict, served_forward
+
+    settings = smoke_run.settings
+    meta = load_dict(settings, smoke_run.run_id, "bundle/openvino/openvino.json")
+    assert meta["precision_hint"] == "f32"  # the tiny snapshot has no held-out outlier classes to check bf16 on
+    assert meta["precision_reason"] and served_forward(settings, smoke_run.run_id, str(tmp_path))[1] == "tensorflow"
+    exported = download(settings, smoke_run.run_id, "bundle/openvino", tmp_path / "export")
+    (exported / "openvino.json").write_text(json.dumps(meta | {"precision_hint": "bf16"}))
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    other = client.create_run(client.get_run(smoke_run.run_id).info.experiment_id).info.run_id
+    client.log_artifacts(other, str(exported), "bundle/openvino")
+    if OpenVINOPredictor.load(exported, precision="bf16").effective_precision != "bf16":
+        pytest.skip("this CPU has no bf16 support: serving runs the export as f32")
+    predictor, name = served_forward(settings, other, str(tmp_path / "work"))
+    assert (name, predictor.effective_precision) == ("openvino-bf16", "bf16")
+    x, _ = smoke_run.snapshot.arrays["val"]
+    assert predictor.predict(x).probs.shape == (len(x), 13)

@@ -105,6 +105,44 @@ def test_reference_images_must_score_as_at_training(serving_bundle_dir, tmp_path
         ServingBundle.from_dir(copy, version="2", imagenet=False).smoke_test()
 
 
+def test_a_bf16_forward_pass_is_held_to_twice_what_its_export_check_saw(serving_bundle_dir, tmp_path):  # noqa: F811
+    """bf16 rounds (export accepted on accuracy and OOD AUROC), so 2e-3 would refuse a good model; a shift
+    beyond twice the val split's worst difference still is refused."""
+    import shutil
+    from dataclasses import replace
+
+    from ml.bundle import SMOKE_FILE, BundleRejected
+
+    class Rounded:  # the bundle's own model, its probabilities moved by `shift` (after renormalising)
+        effective_precision = "bf16"
+
+        def __init__(self, inner, shift, seen):
+            self.inner, self.shift, self.meta = inner, shift, {"checks": {"bf16": {"max_prob_diff": seen}}}
+
+        def predict(self, images):
+            pred = self.inner.predict(images)
+            probs = pred.probs.copy()
+            probs[:, 0] += self.shift
+            probs[:, 1] -= self.shift
+            return replace(pred, probs=probs)
+
+    directory, _ = serving_bundle_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    images = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    probs = ServingBundle.from_dir(copy, version="1", imagenet=False).predictor.predict(images).probs
+    np.savez((copy / "bundle" if (copy / "bundle").is_dir() else copy) / SMOKE_FILE, images=images,
+             probs=probs.astype(np.float64))
+    for shift, accepted in ((0.02, True), (0.07, False)):
+        bundle = ServingBundle.from_dir(copy, version="1", imagenet=False)
+        bundle.predictor = Rounded(bundle.predictor, shift, seen=0.03)
+        if accepted:
+            bundle._check_reference_images()
+        else:
+            with pytest.raises(BundleRejected, match="score differently"):
+                bundle._check_reference_images()
+
+
 def test_digest_mismatch_is_refused_and_drops_the_cached_copy(serving_bundle_dir, tmp_path, caplog):  # noqa: F811
     import shutil
 
