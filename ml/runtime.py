@@ -93,18 +93,20 @@ def export_openvino(predictor: Any, directory: str | Path, precision: str = DEFA
             "precision_hint": precision, "openvino_version": ov.__version__}
     (directory / META).write_text(json.dumps(meta, indent=2))
     if check is not None:
-        meta["checks"] = {p: check_precision(predictor, directory, p, *check, outliers=outliers) for p in PRECISIONS}
+        reference = predictor.predict_batched(check[0])  # TensorFlow's outputs, once for both precisions
+        meta["checks"] = {p: check_precision(reference, directory, p, *check, outliers=outliers) for p in PRECISIONS}
         meta["precision_hint"], meta["precision_reason"] = choose_precision(meta["checks"])
         (directory / META).write_text(json.dumps(meta, indent=2))
     return meta
 
 
-def check_precision(predictor: Any, directory: Path, precision: str, images: np.ndarray, labels: np.ndarray,
-                    outliers: np.ndarray | None = None) -> dict:
-    """Parity with TensorFlow, accuracy and (given outliers) the energy score's OOD AUROC at one precision."""
+def check_precision(reference: Prediction, directory: Path, precision: str, images: np.ndarray,
+                    labels: np.ndarray, outliers: np.ndarray | None = None) -> dict:
+    """Parity with TensorFlow's outputs on `images` (`reference`), accuracy and (given outliers) the energy
+    score's OOD AUROC of the export compiled at one precision."""
     candidate = OpenVINOPredictor.load(directory, precision=precision)
-    result = parity(predictor, candidate, images)
     pred = candidate.predict_batched(images)
+    result = compare(reference, pred)
     result |= {"effective_precision": candidate.effective_precision, "meets_parity": meets_parity(result),
                "accuracy": float((pred.probs.argmax(1) == labels).mean()) if len(labels) else 0.0}
     if outliers is not None and len(outliers) and len(images):
@@ -233,12 +235,16 @@ class OpenVINOPredictor:
 
 def parity(reference: Any, candidate: Any, images: np.ndarray, batch_size: int = 256) -> dict:
     """How far `candidate` strays from `reference` on `images`: label agreement and max |prob| difference."""
-    ref = reference.predict_batched(images, batch_size=batch_size)
-    got = candidate.predict_batched(images, batch_size=batch_size)
+    return compare(reference.predict_batched(images, batch_size=batch_size),
+                   candidate.predict_batched(images, batch_size=batch_size))
+
+
+def compare(ref: Prediction, got: Prediction) -> dict:
+    """Label agreement, max |prob| and |logit| differences and min embedding cosine of two outputs."""
     emb_cos = np.sum(ref.embeddings * got.embeddings, 1) / (
         np.linalg.norm(ref.embeddings, axis=1) * np.linalg.norm(got.embeddings, axis=1) + 1e-12)
-    return {"n": int(len(images)),
-            "label_agreement": float(np.mean(ref.probs.argmax(1) == got.probs.argmax(1))) if len(images) else 1.0,
+    return {"n": int(len(ref)),
+            "label_agreement": float(np.mean(ref.probs.argmax(1) == got.probs.argmax(1))) if len(ref) else 1.0,
             "max_prob_diff": float(np.abs(ref.probs - got.probs).max(initial=0.0)),
             "max_logit_diff": float(np.abs(ref.logits - got.logits).max(initial=0.0)),
             "min_embedding_cosine": float(emb_cos.min(initial=1.0))}
