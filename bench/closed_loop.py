@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/closed_loop.py [--profile standard] [--shifts dark,blur,jpeg10,colour_cast]
                                           [--corrections 100,300,1000] [--headline-corrections 1500] [--quick]
+                                          [--new-source DIR]
 
 Once: split the shared CIFAR-10 + superclass archives into disjoint pools
 (bench/closed_loop_data.py), build the snapshot, train and register a champion
@@ -15,7 +16,9 @@ run (drift_monitoring: `run_window` + `decide_retrain`; dataset_build:
 running service serves the new champion, and measure again. Held-out photos
 are never corrected nor trained on. The last stdout line is one JSON object:
 the headline row (dark camera, 1,500 corrections) at the top level and every
-row under `rows`. `recovery` = (shifted_after - shifted_before) / (clean_before - shifted_before).
+row under `rows`. The new_source shift needs `--new-source DIR` (photos of the
+classes from elsewhere, DIR/<class>/<file>); without it that row is reported as
+skipped. `recovery` = (shifted_after - shifted_before) / (clean_before - shifted_before).
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ SHARED = REPO.parent / "shared" / "datasets"
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import numpy as np  # noqa: E402
-from closed_loop_data import SHIFTS, UNAVAILABLE, encode, shifted, split_archives  # noqa: E402
+from closed_loop_data import (  # noqa: E402
+    NEW_SOURCE_MISSING,
+    SHIFTS,
+    encode,
+    shifted,
+    source_pools,
+    split_archives,
+)
 
 HEADLINE = ("dark", 1500)
 STARTED = time.strftime("%Y%m%dT%H%M%S")
@@ -47,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corrections", default="100,300,1000")
     parser.add_argument("--headline-corrections", type=int, default=HEADLINE[1],
                         help="corrections of the headline dark-camera row (0 = no headline row)")
+    parser.add_argument("--new-source", type=Path, metavar="DIR",
+                        help="new_source shift: photos of the model's classes from another camera or site, "
+                             "as DIR/<class>/<file> (any size); half streamed and corrected, half held out")
     parser.add_argument("--heldout", type=int, default=3000, help="held-out shifted photos measured per row")
     parser.add_argument("--clean", type=int, default=0, help="clean test images measured (0 = the whole split)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -55,14 +68,16 @@ def parse_args() -> argparse.Namespace:
                         help="run every row once more per variant, its retraining with these hyperparameters "
                              "on top of --set (e.g. finetune:init=champion); one base champion for all")
     parser.add_argument("--quick", action="store_true",
-                        help="self-check: smoke profile, tiny data, dark camera, 100 corrections")
+                        help="self-check: smoke profile, tiny data, dark camera (the new source with --new-source), "
+                             "100 corrections")
     parser.add_argument("--home", default=str(REPO / ".visionloop" / "bench-closed-loop"))
     parser.add_argument("--reuse-base", action="store_true",
                         help="keep --home's base snapshot and champion (base.json) from an earlier run of "
                              "the same --profile; only the rows run")
     args = parser.parse_args()
     if args.quick:
-        args.profile, args.shifts, args.corrections, args.headline_corrections = "smoke", "dark", "100", 0
+        shift = "new_source" if args.new_source else "dark"
+        args.profile, args.shifts, args.corrections, args.headline_corrections = "smoke", shift, "100", 0
         args.heldout, args.clean = 150, 200
     return args
 
@@ -202,9 +217,10 @@ def run_row(base, home: Path, run_id: str, version: str, row: tuple[str, int, st
     shift, n, variant, overrides = row
     settings = row_settings(base, home, shift, n, variant)
     gate(settings, run_id)  # the base run is this row's first champion
-    stream = [(shifted(data, shift, seed=i), label) for i, (data, label) in enumerate(pools["stream"][:n])]
-    heldout = ([shifted(data, shift, seed=10**6 + i) for i, (data, _) in enumerate(pools["heldout"])],
-               [label for _, label in pools["heldout"]])
+    photos = pools.get(shift, pools["cifar"])  # the new source has its own photos; the shifts alter CIFAR's
+    stream = [(shifted(data, shift, seed=i), label) for i, (data, label) in enumerate(photos["stream"][:n])]
+    heldout = ([shifted(data, shift, seed=10**6 + i) for i, (data, _) in enumerate(photos["heldout"])],
+               [label for _, label in photos["heldout"]])
     clean = clean_set(settings, version, args.clean)
     service = Service(settings, settings.home / "serve.log")
     try:
@@ -288,13 +304,21 @@ def main() -> None:
     shutil.rmtree(home / "rows" if reuse else home, ignore_errors=True)
     prepare_env(home)
     rows_wanted = plan_rows(args)
-    most = max([n for s, n, _, _ in rows_wanted if s not in UNAVAILABLE], default=0)
+    unavailable = {} if args.new_source else {"new_source": NEW_SOURCE_MISSING}
     stream, heldout = split_archives(SHARED / "cifar10_train_jpg.tar.gz", SHARED / "extra_superclasses_train.tar.gz",
                                      home / "images", train_per_class=QUICK_PER_CLASS if args.quick else 10**9)
-    if len(stream) < most:
-        sys.exit(f"only {len(stream)} stream photos for {most} corrections")
-    pools = {"stream": stream, "heldout": heldout[:args.heldout]}
     base = base_settings(home, home / "images", args.quick)
+    pools = {"cifar": {"stream": stream, "heldout": heldout[:args.heldout]}}
+    if args.new_source:
+        try:
+            stream, heldout = source_pools(args.new_source, list(base.classes))
+        except ValueError as error:
+            sys.exit(str(error))
+        pools["new_source"] = {"stream": stream, "heldout": heldout[:args.heldout]}
+    for shift, n, _, _ in rows_wanted:
+        have = len(pools.get(shift, pools["cifar"])["stream"])
+        if shift not in unavailable and have < n:
+            sys.exit(f"{shift}: only {have} stream photos for {n} corrections")
     first = json.loads((home / "base.json").read_text()) if reuse else train_base(base, home, args.profile)
     if first["profile"] != args.profile:
         sys.exit(f"--reuse-base: the base champion was trained with --profile {first['profile']}")
@@ -302,8 +326,8 @@ def main() -> None:
     rows = []
     for row in rows_wanted:
         shift, n, variant, _ = row
-        if shift in UNAVAILABLE:
-            rows.append({"shift": shift, "corrections": n, "variant": variant, "skipped": UNAVAILABLE[shift]})
+        if shift in unavailable:
+            rows.append({"shift": shift, "corrections": n, "variant": variant, "skipped": unavailable[shift]})
         else:
             rows.append(run_row(base, home, first["champion_run"], version, row, pools, args))
         print(json.dumps(rows[-1]), flush=True)

@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 SHIFTS = ("dark", "blur", "jpeg10", "colour_cast", "new_source")
-UNAVAILABLE = {"new_source": "no 64x64 photos of CIFAR-10 classes from another source are available offline "
-                             "(the Tiny-ImageNet archives here hold only other classes)"}
+NEW_SOURCE_MISSING = ("needs --new-source DIR: photos of the classes from another source, as <class>/<file> "
+                      "(none are available offline here: the Tiny-ImageNet archives hold only other classes)")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _bucket(name: str) -> float:
@@ -53,6 +54,33 @@ def split_archives(cifar: Path, extra: Path, out: Path, train_per_class: int, st
     return [item[1:] for item in stream], [item[1:] for item in heldout]
 
 
+def source_pools(folder: Path, classes: list[str], heldout_share: float = 0.5
+                 ) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str]]]:
+    """A new photo source, `<folder>/<class>/<file>`: (stream, heldout) pools of (original bytes, class).
+
+    The photos are sent as they are (any size: the service resizes them), so this row also
+    exercises the upload path for images that are not 32x32. Each file's pool is chosen by a
+    hash of its path, so the held-out half stays the same whatever else the folder gains.
+    """
+    if not folder.is_dir():
+        raise ValueError(f"--new-source {folder}: not a folder")
+    pools: dict[str, list] = {"stream": [], "heldout": []}
+    unknown = sorted({p.name for p in folder.iterdir() if p.is_dir()} - set(classes))
+    if unknown:
+        raise ValueError(f"--new-source {folder}: folders {', '.join(unknown)} are not classes of the model "
+                         f"({', '.join(classes)})")
+    for path in sorted(folder.glob("*/*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        name = path.relative_to(folder).as_posix()
+        pool = "heldout" if _bucket(name) < heldout_share else "stream"
+        pools[pool].append((_bucket(f"order:{name}"), path.read_bytes(), path.parent.name))
+    stream, heldout = (sorted(pools[name], key=lambda item: item[0]) for name in ("stream", "heldout"))
+    if not stream or not heldout:
+        raise ValueError(f"--new-source {folder}: no photos found as <class>/<file> ({', '.join(IMAGE_SUFFIXES)})")
+    return [item[1:] for item in stream], [item[1:] for item in heldout]
+
+
 def decode32(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.LANCZOS))
 
@@ -73,7 +101,12 @@ def dark_camera(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def shifted(data: bytes, shift: str, seed: int) -> bytes:
-    """The upload a user with this camera sends: a shifted 32x32 image, PNG (JPEG for jpeg10)."""
+    """The upload a user with this camera sends: a shifted 32x32 image, PNG (JPEG for jpeg10).
+
+    new_source: the photo as the other source made it (its pools come from source_pools).
+    """
+    if shift == "new_source":
+        return data
     pixels, rng = decode32(data), np.random.default_rng(seed)
     if shift == "dark":
         return encode(dark_camera(pixels, rng))
