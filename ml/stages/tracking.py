@@ -85,9 +85,14 @@ def load_dict(settings: Settings, run_id: str, artifact_path: str) -> dict:
 
 def load_keras(path_or_uri: str | Path) -> Any:
     """A logged Keras model from a local folder or any MLflow URI (runs:/..., models:/...)."""
+    import tempfile
+
     import mlflow.keras
 
-    return mlflow.keras.load_model(str(path_or_uri))
+    # Without dst_path MLflow downloads a URI's model into a mkdtemp() folder it never removes, so
+    # every evaluate, gate and warm start left a model copy in /tmp. The model is in memory once loaded.
+    with tempfile.TemporaryDirectory(prefix="visionloop-model-") as tmp:
+        return mlflow.keras.load_model(str(path_or_uri), dst_path=tmp)
 
 
 def load_run_model(settings: Settings, run_id: str) -> Any:

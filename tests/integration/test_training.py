@@ -52,6 +52,19 @@ def test_model_and_bundle_are_logged(smoke_run, tmp_path):  # noqa: F811
     assert np.mean(pred.probs.argmax(1) == y) == pytest.approx(smoke_run.result["val_accuracy"], abs=1e-6)
 
 
+def test_loading_a_logged_model_leaves_no_copy_in_the_temp_folder(smoke_run, tmp_path, monkeypatch):  # noqa: F811
+    import tempfile
+
+    from ml.stages.tracking import load_run_model
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    model = load_run_model(smoke_run.settings, smoke_run.run_id)
+    assert model.output_shape is not None, "the model is usable after its download folder is gone"
+    assert list(scratch.iterdir()) == [], "every load used to leave a model copy behind in the temp folder"
+
+
 def test_evaluate_logs_test_metrics_and_figures(smoke_run):  # noqa: F811
     from ml.stages.evaluate import evaluate
 
