@@ -77,7 +77,7 @@ def source_pools(folder: Path, classes: list[str], heldout_share: float = 0.5
         pools[pool].append((_bucket(f"order:{name}"), path.read_bytes(), path.parent.name))
     stream, heldout = (sorted(pools[name], key=lambda item: item[0]) for name in ("stream", "heldout"))
     if not stream or not heldout:
-        raise ValueError(f"--new-source {folder}: no photos found as <class>/<file> ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"--new-source {folder}: no photos found as <class>/<file> ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return [item[1:] for item in stream], [item[1:] for item in heldout]
 
 
