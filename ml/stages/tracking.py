@@ -89,6 +89,8 @@ def load_keras(path_or_uri: str | Path) -> Any:
 
     import mlflow.keras
 
+    if Path(path_or_uri).is_dir():  # a local folder loads in place; dst_path would copy it first
+        return mlflow.keras.load_model(str(path_or_uri))
     # Without dst_path MLflow downloads a URI's model into a mkdtemp() folder it never removes, so
     # every evaluate, gate and warm start left a model copy in /tmp. The model is in memory once loaded.
     with tempfile.TemporaryDirectory(prefix="visionloop-model-") as tmp:
