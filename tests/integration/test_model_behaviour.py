@@ -34,7 +34,11 @@ ARCHIVES = ("cifar10_train_jpg.tar.gz", "extra_superclasses_train.tar.gz")
 MIN_TRAIN_ACCURACY = 0.35  # 4.5x chance
 MIN_AGREEMENT = {"flip": 0.97, "shift": 0.75, "jpeg75": 0.75}
 MIN_MARGIN_OVER_RELABELLING = 0.45
-MIN_OOD_RAISE = 0.15  # ood_score is 1 - a conformal p-value: ~0.5 on average for unseen real images
+# ood_score is 1 - a conformal p-value, so ~0.5 on average for unseen real images (0.48-0.52 measured). Flat
+# grey in 19 trainings (seeds 0-14, three of them twice, and one CI run): 0.75-0.96, except two at 0.61 (one
+# was seed 12, which gave 0.93 on its next run: CPU-thread nondeterminism, not the seed). A detector blind to
+# content scores ~0.5 and an inverted one below the photos; both still fail this margin.
+MIN_OOD_RAISE = 0.10
 MIN_CONFIDENCE_DROP = 0.05  # measured ~0.37 -> ~0.21 at a quarter of the light; an untrained model: 0.001
 
 
@@ -197,7 +201,7 @@ def destroyed(kind: str, images: np.ndarray) -> np.ndarray:
 # confidence ~0.7 vs ~0.33), and the fallback detector `fused` adds the energy of those logits to the KNN
 # distance: its score says noise is MORE in-distribution than photos (ood_score ~0.0 vs ~0.48). KNN alone,
 # Mahalanobis, ViM and `fused3` all score noise far above photos. Strict: the test fails once this is fixed.
-# (Flat grey: 0.74-0.92 vs 0.46-0.48. A 4x4 blur raises it only to 0.55: too little to hold this model to.)
+# (Flat grey: see MIN_OOD_RAISE. A 4x4 blur raises it only to 0.55: too little to hold this model to.)
 KNOWN_BLIND_SPOT = pytest.mark.xfail(strict=True, reason="fused (KNN + energy) scores high-frequency noise as "
                                      "in-distribution; see the comment above")
 
