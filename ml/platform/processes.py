@@ -42,10 +42,27 @@ class Component:
 
 @dataclass(frozen=True)
 class PidRecord:
-    """What a pid file holds: the group leader's pid and its start time (guards pid reuse)."""
+    """What a pid file holds: the group leader's pid and when it started (guards pid reuse).
+
+    `started` is seconds after boot: psutil's create_time adds the boot time, which moves when the
+    wall clock is stepped (NTP, a resumed VM), and a step of a second made every component of a
+    running platform look stale, so `down` left them all running. Pid files written before this
+    have two fields and a wall-clock time (`legacy`), still compared as before.
+    """
 
     pid: int
-    create_time: float
+    started: float
+    legacy: bool = False
+
+    def matches(self, leader: psutil.Process) -> bool:
+        if self.legacy:
+            return abs(leader.create_time() - self.started) < 1.0
+        return abs(seconds_after_boot(leader) - self.started) < 1.0
+
+
+def seconds_after_boot(process: psutil.Process) -> float:
+    """When the process started, counted from boot: unaffected by wall-clock steps."""
+    return process.create_time() - psutil.boot_time()  # both read the same boot time, which cancels
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -124,9 +141,9 @@ class ProcessManager:
     def record(self, name: str) -> PidRecord | None:
         """The pid file's content, or None when missing or unreadable."""
         try:
-            pid, created = self.pid_path(name).read_text().split()[:2]
-            return PidRecord(int(pid), float(created))
-        except (OSError, ValueError):
+            fields = self.pid_path(name).read_text().split()
+            return PidRecord(int(fields[0]), float(fields[1]), legacy=fields[2:3] != ["after-boot"])
+        except (OSError, ValueError, IndexError):
             return None
 
     def running_pgid(self, name: str) -> int | None:
@@ -137,7 +154,7 @@ class ProcessManager:
         _reap(rec.pid)
         try:
             leader = psutil.Process(rec.pid)
-            ours = abs(leader.create_time() - rec.create_time) < 1.0 and leader.status() != psutil.STATUS_ZOMBIE
+            ours = rec.matches(leader) and leader.status() != psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             # The leader is gone; a pgid is never reused while members remain, so members are ours.
             ours = True
@@ -168,8 +185,8 @@ class ProcessManager:
                 list(component.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=component.env or None, cwd=component.cwd, start_new_session=True,
             )
-        created = psutil.Process(proc.pid).create_time()
-        self.pid_path(component.name).write_text(f"{proc.pid}\n{created}\n")
+        started = seconds_after_boot(psutil.Process(proc.pid))
+        self.pid_path(component.name).write_text(f"{proc.pid}\n{started}\nafter-boot\n")
         return proc.pid
 
     def wait_healthy(self, component: Component, timeout_s: float | None = None) -> float:

@@ -93,6 +93,25 @@ def test_stale_or_foreign_pid_file_is_not_ours(manager):
     assert manager.stop("mlflow") is False
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steps the boot time psutil reads on Linux")
+def test_a_wall_clock_step_does_not_orphan_a_running_component(manager, tmp_path, monkeypatch):
+    """NTP or a resumed VM steps the clock, which moves /proc/stat's btime and so every psutil
+    create_time: `down` must still find and stop what `up` started."""
+    from psutil import _pslinux
+
+    server = tiny_server(tmp_path / "www", free_port())
+    launcher.ensure(manager, [server], lambda _: None)
+    pgid = manager.running_pgid("mlflow")
+    booted, created = _pslinux.boot_time(), psutil.Process(pgid).create_time()
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: booted + 5.0)  # the clock stepped 5 s forward
+    assert psutil.Process(pgid).create_time() - created == pytest.approx(5.0)
+    assert manager.running_pgid("mlflow") == pgid
+    settings = Settings.from_env(home=manager.home, mlflow_port=server.port)
+    said: list[str] = []
+    assert launcher.down(settings, said.append) == 1, said
+    assert not group_members(pgid)
+
+
 def test_port_in_use_names_the_setting(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
